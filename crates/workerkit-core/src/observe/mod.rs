@@ -1,0 +1,208 @@
+//! Observers: how adapters (tracing, OpenTelemetry, your own) learn what the runtime does.
+//!
+//! An [`Observer`] has one method per event kind, each with an empty default body, so an observer
+//! implements only what it needs and new hooks can be added without breaking it. Register any
+//! number with [`RuntimeBuilder::with_observer`]; the runtime fans out to them in registration
+//! order and contains their panics (counted in [`Runtime::observer_panics`]).
+//!
+//! # Ordering
+//!
+//! Transition, readiness, failure and operation events carry a runtime-wide `seq` and are
+//! delivered in that order, which is the order in which the state changed. For one change the
+//! order is: worker transition, worker readiness, failure, runtime transition, runtime readiness.
+//! A lifecycle operation returns only after its own events have been delivered.
+//!
+//! # Reentrancy
+//!
+//! Observers are called synchronously, never while a lock is held. They must not block (do I/O
+//! in a background task or a batch exporter instead) and must not call lifecycle operations:
+//! such a call returns [`LifecycleError::Reentrant`]. Calls on a [`WorkerContext`] are allowed;
+//! their events are delivered after the current callback returns.
+//!
+//! [`RuntimeBuilder::with_observer`]: crate::RuntimeBuilder::with_observer
+//! [`Runtime::observer_panics`]: crate::Runtime::observer_panics
+//! [`LifecycleError::Reentrant`]: crate::error::LifecycleError::Reentrant
+//! [`WorkerContext`]: crate::WorkerContext
+
+mod event;
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use event::{
+    Cause, CheckEndEvent, CheckOutcome, CheckStartEvent, FailureEvent, Operation, OperationEvent,
+    OperationPhase, ReadinessEvent, TransitionEvent,
+};
+
+/// A boxed future, as returned by [`Observer::shutdown`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Receives the runtime's events. Every method has an empty default body.
+///
+/// See the [module docs](self) for ordering and reentrancy rules.
+pub trait Observer: Send + Sync + 'static {
+    /// A worker or the runtime changed lifecycle state.
+    fn on_transition(&self, event: &TransitionEvent) {
+        let _ = event;
+    }
+
+    /// A worker's or the runtime's readiness changed.
+    fn on_readiness(&self, event: &ReadinessEvent) {
+        let _ = event;
+    }
+
+    /// A failure was observed.
+    fn on_failure(&self, event: &FailureEvent) {
+        let _ = event;
+    }
+
+    /// A lifecycle operation began or ended.
+    fn on_operation(&self, event: &OperationEvent) {
+        let _ = event;
+    }
+
+    /// A readiness check execution began.
+    fn on_check_start(&self, event: &CheckStartEvent) {
+        let _ = event;
+    }
+
+    /// A readiness check execution ended.
+    fn on_check_end(&self, event: &CheckEndEvent) {
+        let _ = event;
+    }
+
+    /// Flush and release resources. Awaited once, at the end of [`Runtime::shutdown`], bounded by
+    /// the runtime's observer flush timeout. Exporters flush here, never in event callbacks.
+    ///
+    /// [`Runtime::shutdown`]: crate::Runtime::shutdown
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// An observer that ignores everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopObserver;
+
+impl Observer for NoopObserver {}
+
+impl<O: Observer + ?Sized> Observer for Arc<O> {
+    fn on_transition(&self, event: &TransitionEvent) {
+        (**self).on_transition(event);
+    }
+    fn on_readiness(&self, event: &ReadinessEvent) {
+        (**self).on_readiness(event);
+    }
+    fn on_failure(&self, event: &FailureEvent) {
+        (**self).on_failure(event);
+    }
+    fn on_operation(&self, event: &OperationEvent) {
+        (**self).on_operation(event);
+    }
+    fn on_check_start(&self, event: &CheckStartEvent) {
+        (**self).on_check_start(event);
+    }
+    fn on_check_end(&self, event: &CheckEndEvent) {
+        (**self).on_check_end(event);
+    }
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        (**self).shutdown()
+    }
+}
+
+/// The ordered events, queued under the state lock and delivered after it is released.
+#[derive(Clone, Debug)]
+pub(crate) enum Event {
+    Transition(TransitionEvent),
+    Readiness(ReadinessEvent),
+    Failure(FailureEvent),
+    Operation(OperationEvent),
+}
+
+impl Event {
+    pub(crate) fn seq(&self) -> u64 {
+        match self {
+            Self::Transition(e) => e.seq,
+            Self::Readiness(e) => e.seq,
+            Self::Failure(e) => e.seq,
+            Self::Operation(e) => e.seq,
+        }
+    }
+}
+
+/// The fan-out to every registered observer, with panic isolation.
+pub(crate) struct Observers {
+    list: Vec<Arc<dyn Observer>>,
+    panics: AtomicU64,
+}
+
+impl std::fmt::Debug for Observers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Observers")
+            .field("len", &self.list.len())
+            .field("panics", &self.panics.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Observers {
+    pub(crate) fn new(list: Vec<Arc<dyn Observer>>) -> Self {
+        Self {
+            list,
+            panics: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub(crate) fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    fn each(&self, f: impl Fn(&dyn Observer)) {
+        for observer in &self.list {
+            if std::panic::catch_unwind(AssertUnwindSafe(|| f(&**observer))).is_err() {
+                self.panics.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub(crate) fn emit(&self, event: &Event) {
+        match event {
+            Event::Transition(e) => self.each(|o| o.on_transition(e)),
+            Event::Readiness(e) => self.each(|o| o.on_readiness(e)),
+            Event::Failure(e) => self.each(|o| o.on_failure(e)),
+            Event::Operation(e) => self.each(|o| o.on_operation(e)),
+        }
+    }
+
+    pub(crate) fn check_start(&self, event: &CheckStartEvent) {
+        self.each(|o| o.on_check_start(event));
+    }
+
+    pub(crate) fn check_end(&self, event: &CheckEndEvent) {
+        self.each(|o| o.on_check_end(event));
+    }
+
+    /// Awaits every observer's shutdown hook, concurrently; panics are contained.
+    pub(crate) async fn shutdown(&self) {
+        let mut set = tokio::task::JoinSet::new();
+        for observer in &self.list {
+            let observer = Arc::clone(observer);
+            set.spawn(async move {
+                let fut = observer.shutdown();
+                crate::task::CatchUnwind::new(fut).await.is_ok()
+            });
+        }
+        while let Some(result) = set.join_next().await {
+            if !matches!(result, Ok(true)) {
+                self.panics.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}

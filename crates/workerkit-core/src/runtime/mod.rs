@@ -1,0 +1,700 @@
+//! The runtime: registration, lifecycle operations, status and events.
+
+mod builder;
+pub(crate) mod ops;
+mod state;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use builder::{
+    DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_START_TIMEOUT,
+    DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT, RuntimeBuilder,
+};
+pub(crate) use state::{State, WorkerEntry, WorkerRecord};
+
+use crate::error::{LifecycleError, RegisterError, ShutdownError, ShutdownReport};
+use crate::lifecycle::LifecycleState;
+use crate::name::{validate_qualified_worker_name, validate_worker_local_name};
+use crate::observe::{Observer, Observers, Operation};
+use crate::status::{Exit, Liveness, Readiness, RuntimeStatus, WorkerSnapshot, WorkerStatus};
+use crate::time::Timestamp;
+use crate::worker::{TimeoutSetting, WorkerSource, WorkerSpec};
+use builder::{Defaults, Settings};
+use state::WorkerConfig;
+
+tokio::task_local! {
+    /// The id of the runtime whose lifecycle operation this task is running.
+    static LIFECYCLE_OF: u64;
+}
+
+static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The shared core behind every [`Runtime`] clone and [`WorkerContext`](crate::WorkerContext).
+pub(crate) struct Inner {
+    pub(crate) id: u64,
+    pub(crate) name: Arc<str>,
+    pub(crate) defaults: Defaults,
+    pub(crate) settings: Settings,
+    state: Mutex<State>,
+    /// The lifecycle gate: one permit, held for a whole lifecycle operation.
+    pub(crate) gate: Arc<Semaphore>,
+    pub(crate) observers: Observers,
+    /// Bumped on every committed change.
+    changes: watch::Sender<u64>,
+    /// The sequence number of the last event delivered to observers.
+    delivered: watch::Sender<u64>,
+    /// The runtime-wide in-flight command count, for idle waits.
+    pub(crate) in_flight: watch::Sender<usize>,
+    pub(crate) tracker: TaskTracker,
+}
+
+impl Inner {
+    /// Locks the state. The lock is never held across `.await` or observer calls, and no code
+    /// under it can panic on user input, so a poisoned lock is still consistent: use it.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs one state change: `f` mutates under the lock, then the aggregate is recomputed, the
+    /// change feed bumped and the queued events delivered (after unlocking).
+    pub(crate) fn mutate<R>(&self, f: impl FnOnce(&mut State, Timestamp) -> R) -> (R, u64) {
+        let now = Timestamp::now();
+        let (result, seq, version) = {
+            let mut st = self.lock();
+            let result = f(&mut st, now);
+            st.commit(now);
+            (result, st.last_seq(), st.version)
+        };
+        self.changes.send_replace(version);
+        self.flush_events();
+        (result, seq)
+    }
+
+    /// Delivers queued events in order. Exactly one thread delivers at a time; a call that finds
+    /// another delivering returns at once, and the deliverer picks its events up.
+    pub(crate) fn flush_events(&self) {
+        {
+            let mut st = self.lock();
+            if st.emitting {
+                return;
+            }
+            st.emitting = true;
+        }
+        struct Reset<'a>(&'a Inner);
+        impl Drop for Reset<'_> {
+            fn drop(&mut self) {
+                self.0.lock().emitting = false;
+            }
+        }
+        let _reset = Reset(self);
+        loop {
+            let batch = {
+                let mut st = self.lock();
+                let batch = st.take_events();
+                if batch.is_empty() {
+                    st.emitting = false;
+                    break;
+                }
+                batch
+            };
+            let mut last = 0;
+            for event in &batch {
+                if !self.observers.is_empty() {
+                    self.observers.emit(event);
+                }
+                last = event.seq();
+            }
+            self.delivered.send_replace(last);
+        }
+    }
+
+    /// Waits until every event up to `seq` has been delivered.
+    pub(crate) async fn delivered(&self, seq: u64) {
+        let mut rx = self.delivered.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = rx.wait_for(|delivered| *delivered >= seq).await;
+    }
+
+    pub(crate) fn qualified(&self, local: &str) -> String {
+        format!("{}/{local}", self.name)
+    }
+
+    /// Strict name resolution: validates, then looks up (local or `runtime/worker`).
+    pub(crate) fn resolve(&self, name: &str) -> Result<usize, LifecycleError> {
+        let local = if name.contains('/') {
+            validate_qualified_worker_name(name)?;
+            match name.split_once('/') {
+                Some((rt, local)) if rt == &*self.name => local,
+                _ => {
+                    return Err(LifecycleError::WorkerNotFound {
+                        worker: name.to_owned(),
+                    });
+                }
+            }
+        } else {
+            validate_worker_local_name(name)?;
+            name
+        };
+        self.lock()
+            .index
+            .get(local)
+            .copied()
+            .ok_or_else(|| LifecycleError::WorkerNotFound {
+                worker: self.qualified(local),
+            })
+    }
+
+    /// Lenient lookup for reads: invalid names simply miss.
+    fn lookup(&self, name: &str) -> Option<usize> {
+        let local = match name.split_once('/') {
+            Some((rt, local)) if rt == &*self.name => local,
+            Some(_) => return None,
+            None => name,
+        };
+        self.lock().index.get(local).copied()
+    }
+}
+
+/// A handle to a worker runtime. Cheap to clone; every clone controls the same runtime, and
+/// dropping a clone stops nothing.
+///
+/// See the [crate docs](crate) for a tour.
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("name", &self.inner.name)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// Options for one [`Runtime::shutdown_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownOptions {
+    /// Budget of the drain and idle-wait phases.
+    pub timeout: Duration,
+    /// Budget the stop phase always gets, even after `timeout` ran out.
+    pub stop_grace: Duration,
+}
+
+impl ShutdownOptions {
+    /// Options with the given budgets.
+    #[must_use]
+    pub fn new(timeout: Duration, stop_grace: Duration) -> Self {
+        Self {
+            timeout,
+            stop_grace,
+        }
+    }
+}
+
+impl Runtime {
+    /// Starts building a runtime named `name`.
+    pub fn builder(name: impl Into<String>) -> RuntimeBuilder {
+        RuntimeBuilder::new(name.into())
+    }
+
+    pub(crate) fn from_parts(
+        name: String,
+        defaults: Defaults,
+        settings: Settings,
+        observers: Vec<Arc<dyn Observer>>,
+    ) -> Self {
+        let name: Arc<str> = name.into();
+        let state = State::new(Arc::clone(&name), settings.readiness_policy);
+        Self {
+            inner: Arc::new(Inner {
+                id: NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed),
+                name,
+                defaults,
+                settings,
+                state: Mutex::new(state),
+                gate: Arc::new(Semaphore::new(1)),
+                observers: Observers::new(observers),
+                changes: watch::Sender::new(0),
+                delivered: watch::Sender::new(0),
+                in_flight: watch::Sender::new(0),
+                tracker: TaskTracker::new(),
+            }),
+        }
+    }
+
+    /// The runtime's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Registers a worker. Registration stays open after start (a worker added to a running
+    /// runtime is `registered` until started) and closes when a shutdown begins.
+    ///
+    /// Not gated: it never waits for a lifecycle operation. A worker registered while
+    /// [`start_all`](Self::start_all) runs is not started by it.
+    ///
+    /// # Errors
+    ///
+    /// [`RegisterError::InvalidName`], [`RegisterError::AlreadyRegistered`],
+    /// [`RegisterError::ZeroDuration`], [`RegisterError::ShuttingDown`].
+    pub fn register(&self, spec: WorkerSpec) -> Result<(), RegisterError> {
+        validate_worker_local_name(&spec.name)?;
+        let inner = &*self.inner;
+        let qualified = inner.qualified(&spec.name);
+        let d = &inner.defaults;
+        let o = &spec.overrides;
+        let timeout = |setting: TimeoutSetting, default: Option<Duration>, what| match setting {
+            TimeoutSetting::Inherit => Ok(default),
+            TimeoutSetting::Never => Ok(None),
+            TimeoutSetting::After(t) if t.is_zero() => Err(RegisterError::ZeroDuration {
+                worker: qualified.clone(),
+                setting: what,
+            }),
+            TimeoutSetting::After(t) => Ok(Some(t)),
+        };
+        let has_check = spec.readiness_check.is_some();
+        if let Some(check) = &spec.readiness_check {
+            for (setting, value) in [
+                ("readiness_check.interval", check.interval),
+                ("readiness_check.timeout", check.timeout),
+            ] {
+                if value.is_zero() {
+                    return Err(RegisterError::ZeroDuration {
+                        worker: qualified,
+                        setting,
+                    });
+                }
+            }
+        }
+        let config = WorkerConfig {
+            start_timeout: timeout(o.start_timeout, d.start_timeout, "start_timeout")?,
+            stop_timeout: timeout(o.stop_timeout, d.stop_timeout, "stop_timeout")?,
+            // With a readiness check, the check decides readiness.
+            ready_on_start: o.ready_on_start.unwrap_or(d.ready_on_start) && !has_check,
+            accepting_work_on_start: o
+                .accepting_work_on_start
+                .unwrap_or(d.accepting_work_on_start),
+            contributes: o.contributes_to_readiness.unwrap_or(d.contributes),
+            failure_policy: o.failure_policy.unwrap_or(d.failure_policy),
+            panic_policy: o.panic_policy.unwrap_or(d.panic_policy),
+        };
+        let (slot, factory) = match spec.source {
+            WorkerSource::Instance(worker) => (Some(worker), None),
+            WorkerSource::Factory(factory) => (None, Some(factory)),
+        };
+        let local: Arc<str> = spec.name.into();
+        let entry = Arc::new(WorkerEntry {
+            qualified: qualified.clone().into(),
+            local: Arc::clone(&local),
+            slot: tokio::sync::Mutex::new(slot),
+            factory,
+            check: spec.readiness_check,
+            exit: watch::Sender::new(None),
+            check_task: Mutex::new(None),
+        });
+        let record = WorkerRecord {
+            entry,
+            description: spec.description.map(Into::into),
+            config,
+            lifecycle: LifecycleState::Registered,
+            ready: false,
+            accepting: false,
+            in_flight: 0,
+            incarnation: 0,
+            ready_set_during_start: false,
+            accepting_set_during_start: false,
+            failure_reported_during_start: false,
+            reported_reason: crate::status::ExitReason::Failed,
+            escalated: false,
+            last_transition: None,
+            last_failure: None,
+            last_exit: None,
+            token: CancellationToken::new(),
+        };
+        let (result, _) = inner.mutate(|st, _now| {
+            if st.shutting_down || st.shut_down {
+                return Err(RegisterError::ShuttingDown {
+                    runtime: inner.name.to_string(),
+                });
+            }
+            if st.index.contains_key(&local) {
+                return Err(RegisterError::AlreadyRegistered { worker: qualified });
+            }
+            st.add_worker(record);
+            Ok(())
+        });
+        result
+    }
+
+    /// The runtime's aggregate status.
+    #[must_use]
+    pub fn status(&self) -> RuntimeStatus {
+        self.inner.lock().runtime_status()
+    }
+
+    /// Every worker, in registration order.
+    #[must_use]
+    pub fn workers(&self) -> Vec<WorkerSnapshot> {
+        self.inner
+            .lock()
+            .workers
+            .iter()
+            .map(WorkerRecord::snapshot)
+            .collect()
+    }
+
+    /// One worker, by local or qualified name. Lenient: an invalid name is simply not found.
+    #[must_use]
+    pub fn worker(&self, name: &str) -> Option<WorkerSnapshot> {
+        let idx = self.inner.lookup(name)?;
+        self.inner
+            .lock()
+            .workers
+            .get(idx)
+            .map(WorkerRecord::snapshot)
+    }
+
+    /// Readiness with one item per worker, for readiness probes. Never calls worker code.
+    #[must_use]
+    pub fn readiness(&self) -> Readiness {
+        let st = self.inner.lock();
+        let reason = if st.ready {
+            "runtime ready".to_owned()
+        } else if st.shutting_down {
+            format!(
+                "runtime not ready: state={} (shutting down)",
+                st.runtime_state
+            )
+        } else {
+            format!("runtime not ready: state={}", st.runtime_state)
+        };
+        Readiness {
+            ready: st.ready,
+            reason,
+            policy: st.policy,
+            items: st.readiness_items(),
+        }
+    }
+
+    /// Liveness, for liveness probes: not live only when the runtime's aggregate state is
+    /// `failed` (a `fail_runtime` failure, an escalated panic, or every worker failed with none
+    /// active). Reasons name the failed workers and their public codes.
+    #[must_use]
+    pub fn liveness(&self) -> Liveness {
+        let reasons = self.inner.lock().liveness_reasons();
+        Liveness {
+            live: reasons.is_empty(),
+            reasons,
+        }
+    }
+
+    /// A change feed: wakes on every committed change of any status.
+    #[must_use]
+    pub fn subscribe(&self) -> StatusWatch {
+        StatusWatch {
+            runtime: self.clone(),
+            rx: self.inner.changes.subscribe(),
+        }
+    }
+
+    /// How many observer callbacks panicked (each was contained).
+    #[must_use]
+    pub fn observer_panics(&self) -> u64 {
+        self.inner.observers.panics()
+    }
+
+    /// Waits for the end of a worker's current incarnation and returns how it ended.
+    ///
+    /// If the worker is not running (registered, stopped or failed), returns its last exit at
+    /// once, or, if it never started, waits for its first incarnation to end. Any number of
+    /// waiters see the same [`Exit`]; a panicked worker resolves them with
+    /// [`ExitReason::Panicked`](crate::status::ExitReason::Panicked).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future only stops waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`LifecycleError::InvalidName`] or [`LifecycleError::WorkerNotFound`].
+    pub async fn wait_exit(&self, worker: &str) -> Result<Exit, LifecycleError> {
+        let idx = self.inner.resolve(worker)?;
+        let (entry, target) = {
+            let st = self.inner.lock();
+            let rec = &st.workers[idx];
+            let target = if rec.lifecycle.is_active() || rec.incarnation == 0 {
+                rec.incarnation.max(1)
+            } else {
+                rec.incarnation
+            };
+            (Arc::clone(&rec.entry), target)
+        };
+        let mut rx = entry.exit.subscribe();
+        let exit = rx
+            .wait_for(|exit| exit.as_ref().is_some_and(|e| e.incarnation >= target))
+            .await
+            .map_err(|_| LifecycleError::Interrupted {
+                operation: Operation::Stop,
+            })?;
+        match &*exit {
+            Some(exit) => Ok(exit.clone()),
+            None => Err(LifecycleError::Interrupted {
+                operation: Operation::Stop,
+            }),
+        }
+    }
+
+    /// Runs a lifecycle operation: refuses reentrant calls, waits for the gate in the caller's
+    /// future (so dropping it before the gate is won does nothing), then runs `body` to
+    /// completion in a tracked task (so dropping it afterwards does not leave a half-done
+    /// transition).
+    async fn gated<T, F, Fut>(&self, operation: Operation, body: F) -> Result<T, LifecycleError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, LifecycleError>> + Send + 'static,
+    {
+        if LIFECYCLE_OF
+            .try_with(|id| *id == self.inner.id)
+            .unwrap_or(false)
+        {
+            return Err(LifecycleError::Reentrant { operation });
+        }
+        let permit = Arc::clone(&self.inner.gate)
+            .acquire_owned()
+            .await
+            .map_err(|_| LifecycleError::Interrupted { operation })?;
+        let inner = Arc::clone(&self.inner);
+        let id = inner.id;
+        let task = crate::task::spawn(
+            &self.inner.tracker,
+            LIFECYCLE_OF.scope(id, async move {
+                let _permit = permit;
+                body(inner).await
+            }),
+        );
+        match task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(LifecycleError::Interrupted { operation }),
+        }
+    }
+
+    /// Starts one worker (local or qualified name) and returns its status.
+    ///
+    /// Allowed from `registered`, `stopped` and `failed`. The start runs under the worker's start
+    /// timeout; a failure, timeout or panic leaves the worker `failed`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future while it waits for the lifecycle gate cancels the operation; once the
+    /// gate is won the start runs to completion in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`LifecycleError::InvalidName`], [`WorkerNotFound`](LifecycleError::WorkerNotFound),
+    /// [`InvalidState`](LifecycleError::InvalidState), [`StartFailed`](LifecycleError::StartFailed),
+    /// [`Reentrant`](LifecycleError::Reentrant), [`ShutDown`](LifecycleError::ShutDown).
+    /// Under [`PanicPolicy::Propagate`](crate::PanicPolicy::Propagate) a panic in the worker's
+    /// start is resumed here after the bookkeeping.
+    pub async fn start(&self, worker: &str) -> Result<WorkerStatus, LifecycleError> {
+        let idx = self.inner.resolve(worker)?;
+        self.gated(Operation::Start, move |inner| async move {
+            ops::single(&inner, Operation::Start, idx).await
+        })
+        .await
+    }
+
+    /// Drains one worker: it becomes `draining`, unready and closed to new commands; it keeps
+    /// running, admitted commands finish, and its `stop` is not called. Draining a draining
+    /// worker is a no-op.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`start`](Self::start).
+    ///
+    /// # Errors
+    ///
+    /// [`LifecycleError::InvalidName`], [`WorkerNotFound`](LifecycleError::WorkerNotFound),
+    /// [`InvalidState`](LifecycleError::InvalidState) unless running or draining,
+    /// [`Reentrant`](LifecycleError::Reentrant).
+    pub async fn drain(&self, worker: &str) -> Result<WorkerStatus, LifecycleError> {
+        let idx = self.inner.resolve(worker)?;
+        self.gated(Operation::Drain, move |inner| async move {
+            ops::single(&inner, Operation::Drain, idx).await
+        })
+        .await
+    }
+
+    /// Stops one worker: its stop signal fires, then its `stop` runs under the stop timeout.
+    /// Allowed from `running`, `draining` and `failed`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`start`](Self::start).
+    ///
+    /// # Errors
+    ///
+    /// [`LifecycleError::InvalidName`], [`WorkerNotFound`](LifecycleError::WorkerNotFound),
+    /// [`InvalidState`](LifecycleError::InvalidState), [`StopFailed`](LifecycleError::StopFailed),
+    /// [`Reentrant`](LifecycleError::Reentrant).
+    pub async fn stop(&self, worker: &str) -> Result<WorkerStatus, LifecycleError> {
+        let idx = self.inner.resolve(worker)?;
+        self.gated(Operation::Stop, move |inner| async move {
+            ops::single(&inner, Operation::Stop, idx).await
+        })
+        .await
+    }
+
+    /// Starts every worker that is `registered`, `stopped` or `failed`, in registration order,
+    /// in one hold of the lifecycle gate. Running workers are skipped. Fail-fast with no
+    /// rollback: the first failure is returned and later workers are not started.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`start`](Self::start).
+    ///
+    /// # Errors
+    ///
+    /// The first worker's [`LifecycleError`], or [`Reentrant`](LifecycleError::Reentrant) /
+    /// [`ShutDown`](LifecycleError::ShutDown).
+    pub async fn start_all(&self) -> Result<(), LifecycleError> {
+        self.gated(Operation::StartAll, |inner| async move {
+            ops::start_all(&inner).await
+        })
+        .await
+    }
+
+    /// Drains every running worker, in registration order (not an atomic cutoff: later workers
+    /// accept commands until their turn).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`start`](Self::start).
+    ///
+    /// # Errors
+    ///
+    /// [`Reentrant`](LifecycleError::Reentrant).
+    pub async fn drain_all(&self) -> Result<(), LifecycleError> {
+        self.gated(Operation::DrainAll, |inner| async move {
+            ops::drain_all(&inner);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops every `running`, `draining` or `failed` worker in reverse registration order. Command
+    /// admission is closed for the whole call. Every worker is tried; errors are collected.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`start`](Self::start).
+    ///
+    /// # Errors
+    ///
+    /// One worker's [`StopFailed`](LifecycleError::StopFailed), or
+    /// [`Multiple`](LifecycleError::Multiple) for several.
+    pub async fn stop_all(&self) -> Result<(), LifecycleError> {
+        self.gated(Operation::StopAll, |inner| async move {
+            ops::stop_all(&inner).await
+        })
+        .await
+    }
+
+    /// Graceful shutdown with the configured budgets; see [`shutdown_with`](Self::shutdown_with).
+    ///
+    /// # Errors
+    ///
+    /// As [`shutdown_with`](Self::shutdown_with).
+    pub async fn shutdown(&self) -> Result<ShutdownReport, ShutdownError> {
+        let options = ShutdownOptions::new(
+            self.inner.settings.shutdown_timeout,
+            self.inner.settings.stop_grace,
+        );
+        self.shutdown_with(options).await
+    }
+
+    /// Graceful shutdown:
+    ///
+    /// 1. readiness goes false and command admission and registration close, at once;
+    /// 2. running workers drain, in registration order;
+    /// 3. in-flight commands are awaited by notification, within `options.timeout`;
+    /// 4. workers stop in reverse registration order, each within its stop timeout, all within
+    ///    what is left of `options.timeout`, but never less than `options.stop_grace` — so a
+    ///    budget spent waiting still stops every worker;
+    /// 5. observers' shutdown hooks are awaited (flush), within the observer flush timeout.
+    ///
+    /// After a shutdown the runtime is terminal: [`start`](Self::start) returns
+    /// [`LifecycleError::ShutDown`]. Calling `shutdown` again stops anything left.
+    ///
+    /// # Cancel safety
+    ///
+    /// Once the lifecycle gate is won, the shutdown runs to completion in the background.
+    ///
+    /// # Errors
+    ///
+    /// [`ShutdownError::Incomplete`] names every worker that did not stop cleanly and says
+    /// whether the budget ran out; it carries the [`ShutdownReport`].
+    pub async fn shutdown_with(
+        &self,
+        options: ShutdownOptions,
+    ) -> Result<ShutdownReport, ShutdownError> {
+        self.gated(Operation::Shutdown, move |inner| async move {
+            Ok(ops::shutdown(&inner, options).await)
+        })
+        .await?
+    }
+}
+
+/// A change feed over a runtime's status; see [`Runtime::subscribe`].
+#[derive(Debug)]
+pub struct StatusWatch {
+    runtime: Runtime,
+    rx: watch::Receiver<u64>,
+}
+
+impl StatusWatch {
+    /// Waits for the next committed change.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn changed(&mut self) {
+        // The sender lives as long as the runtime this watch holds.
+        let _ = self.rx.changed().await;
+    }
+
+    /// Waits until `predicate` holds for the runtime, checking now and after every change.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn wait_until(&mut self, mut predicate: impl FnMut(&Runtime) -> bool) {
+        loop {
+            self.rx.borrow_and_update();
+            if predicate(&self.runtime) {
+                return;
+            }
+            let _ = self.rx.changed().await;
+        }
+    }
+
+    /// The runtime this feed watches.
+    #[must_use]
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+}

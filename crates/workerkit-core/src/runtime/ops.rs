@@ -1,0 +1,825 @@
+//! The bodies of lifecycle operations (run while holding the gate) and of the state changes a
+//! worker makes through its context.
+//!
+//! **Architecture invariant:** this module and `state.rs` are the only writers of lifecycle
+//! state. Single-worker and bulk operations run only while holding the lifecycle gate;
+//! context calls (`set_ready`, `report_failure`, ...) take the state lock only.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Inner, ShutdownOptions};
+use crate::error::{ContextError, LifecycleError, ShutdownError, ShutdownReport, Unfinished};
+use crate::failure::{BoxError, Failure, PanicError};
+use crate::lifecycle::LifecycleState;
+use crate::observe::{Cause, Operation, OperationPhase};
+use crate::policy::PanicPolicy;
+use crate::status::{Exit, ExitReason, FailureRecord, WorkerStatus};
+use crate::task::CatchUnwind;
+use crate::time::Timestamp;
+use crate::worker::{WorkerContext, check};
+
+type Payload = Box<dyn Any + Send>;
+
+/// How a guarded call into worker code ended.
+enum Outcome {
+    Ok,
+    Err(BoxError),
+    TimedOut,
+    Panicked(Payload),
+}
+
+/// Runs worker code under panic capture and an optional timeout (the future is dropped at the
+/// deadline).
+async fn guarded<F>(timeout: Option<Duration>, future: F) -> Outcome
+where
+    F: std::future::Future<Output = Result<(), BoxError>>,
+{
+    let future = CatchUnwind::new(future);
+    let result = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, future).await {
+            Ok(result) => result,
+            Err(_) => return Outcome::TimedOut,
+        },
+        None => future.await,
+    };
+    match result {
+        Ok(Ok(())) => Outcome::Ok,
+        Ok(Err(err)) => Outcome::Err(err),
+        Err(payload) => Outcome::Panicked(payload),
+    }
+}
+
+/// The public failure, private cause and exit reason of a failed outcome. Projection runs
+/// before any lock is taken: user error methods may call back into the runtime.
+fn classify(
+    outcome: &Outcome,
+    operation: &str,
+    timeout_reason: ExitReason,
+) -> (Failure, Option<Cause>, ExitReason, bool) {
+    match outcome {
+        Outcome::Ok => unreachable_ok(),
+        Outcome::Err(err) => (
+            Failure::from_error(&**err, Failure::worker_failed()),
+            None,
+            ExitReason::Failed,
+            false,
+        ),
+        Outcome::TimedOut => (Failure::deadline_exceeded(), None, timeout_reason, false),
+        Outcome::Panicked(payload) => {
+            let panic = PanicError::new(operation, &**payload);
+            let failure = panic.failure().clone();
+            (failure, Some(Arc::new(panic)), ExitReason::Panicked, true)
+        }
+    }
+}
+
+fn unreachable_ok() -> (Failure, Option<Cause>, ExitReason, bool) {
+    (Failure::worker_failed(), None, ExitReason::Failed, false)
+}
+
+/// Takes the private cause out of an `Err` outcome.
+fn take_cause(outcome: Outcome, cause: Option<Cause>) -> (Option<Cause>, Option<Payload>) {
+    match outcome {
+        Outcome::Err(err) => (Some(Arc::from(err)), None),
+        Outcome::Panicked(payload) => (cause, Some(payload)),
+        Outcome::Ok | Outcome::TimedOut => (cause, None),
+    }
+}
+
+fn invalid_state(
+    inner: &Inner,
+    idx: usize,
+    st: &super::State,
+    operation: Operation,
+) -> LifecycleError {
+    let _ = inner;
+    LifecycleError::InvalidState {
+        worker: st.workers[idx].entry.qualified.to_string(),
+        state: st.workers[idx].lifecycle,
+        operation,
+    }
+}
+
+/// A single-worker operation with its operation events; resumes a propagated panic after them.
+pub(super) async fn single(
+    inner: &Arc<Inner>,
+    operation: Operation,
+    idx: usize,
+) -> Result<WorkerStatus, LifecycleError> {
+    let began = Instant::now();
+    let worker = Some(Arc::clone(&inner.lock().workers[idx].entry.qualified));
+    operation_event(
+        inner,
+        worker.clone(),
+        operation,
+        OperationPhase::Started,
+        began,
+    );
+    let (result, payload) = match operation {
+        Operation::Start => start(inner, idx).await,
+        Operation::Stop => stop(inner, idx, None).await,
+        _ => (drain(inner, idx), None),
+    };
+    let phase = match &result {
+        Ok(_) => OperationPhase::Succeeded,
+        Err(err) => OperationPhase::Failed(public_failure(err)),
+    };
+    let seq = operation_event(inner, worker, operation, phase, began);
+    inner.delivered(seq).await;
+    if let Some(payload) = payload {
+        std::panic::resume_unwind(payload);
+    }
+    result
+}
+
+fn public_failure(err: &LifecycleError) -> Failure {
+    err.failure()
+        .cloned()
+        .unwrap_or_else(|| Failure::new(err.code(), err.code().replace('_', " ")))
+}
+
+fn operation_event(
+    inner: &Inner,
+    worker: Option<Arc<str>>,
+    operation: Operation,
+    phase: OperationPhase,
+    began: Instant,
+) -> u64 {
+    let (_, seq) = inner.mutate(|st, _| {
+        st.operation_event(worker, operation, phase, began.elapsed());
+    });
+    seq
+}
+
+/// Starts one worker (gate held). Returns the panic payload to resume under `Propagate`.
+pub(super) async fn start(
+    inner: &Arc<Inner>,
+    idx: usize,
+) -> (Result<WorkerStatus, LifecycleError>, Option<Payload>) {
+    let (begin, _) = inner.mutate(|st, now| {
+        if st.shut_down {
+            return Err(LifecycleError::ShutDown {
+                runtime: inner.name.to_string(),
+            });
+        }
+        if !st.workers[idx].lifecycle.can_start() {
+            return Err(invalid_state(inner, idx, st, Operation::Start));
+        }
+        st.modify(idx, |rec| {
+            rec.incarnation += 1;
+            rec.accepting = false;
+            rec.ready_set_during_start = false;
+            rec.accepting_set_during_start = false;
+            rec.failure_reported_during_start = false;
+            rec.escalated = false;
+            rec.token = tokio_util::sync::CancellationToken::new();
+        });
+        st.transition(idx, LifecycleState::Starting, now);
+        st.set_ready(idx, false, now);
+        let rec = &st.workers[idx];
+        Ok((
+            Arc::clone(&rec.entry),
+            rec.incarnation,
+            rec.token.clone(),
+            rec.config.clone(),
+        ))
+    });
+    let (entry, incarnation, token, config) = match begin {
+        Ok(begin) => begin,
+        Err(err) => return (Err(err), None),
+    };
+    let deadline = config.start_timeout.map(|t| Instant::now() + t);
+    let ctx = WorkerContext::new(
+        Arc::downgrade(inner),
+        idx,
+        &entry,
+        incarnation,
+        token.clone(),
+        deadline,
+    );
+    let op_name = format!("starting worker {:?}", &*entry.qualified);
+
+    let outcome = {
+        let mut slot = entry.slot.lock().await;
+        let mut made = Outcome::Ok;
+        if let Some(factory) = &entry.factory {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory())) {
+                Ok(worker) => *slot = Some(worker),
+                Err(payload) => made = Outcome::Panicked(payload),
+            }
+        }
+        match (made, slot.as_mut()) {
+            (Outcome::Ok, Some(worker)) => {
+                guarded(config.start_timeout, worker.start_dyn(ctx.clone())).await
+            }
+            (Outcome::Ok, None) => Outcome::Err("worker instance unavailable".into()),
+            (other, _) => other,
+        }
+    };
+
+    if matches!(outcome, Outcome::Ok) {
+        let (result, _) = inner.mutate(|st, now| {
+            let rec = &st.workers[idx];
+            if rec.incarnation != incarnation || rec.lifecycle != LifecycleState::Starting {
+                return Err(invalid_state(inner, idx, st, Operation::Start));
+            }
+            if rec.failure_reported_during_start {
+                // Row 3: the worker reported a failure during its start; it ends failed, with
+                // that failure (already observed, so no second failure event).
+                let failure = rec
+                    .last_failure
+                    .as_ref()
+                    .map_or_else(Failure::worker_failed, |f| {
+                        Failure::new(f.code.clone(), f.message.clone())
+                    });
+                let reason = rec.reported_reason;
+                let exit = Exit {
+                    incarnation,
+                    reason,
+                    failure: Some(failure.clone()),
+                    at: now,
+                };
+                st.modify(idx, |rec| {
+                    rec.accepting = false;
+                    rec.last_exit = Some(exit.clone());
+                });
+                st.transition(idx, LifecycleState::Failed, now);
+                st.set_ready(idx, false, now);
+                st.workers[idx].entry.exit.send_replace(Some(exit));
+                return Err(LifecycleError::StartFailed {
+                    worker: st.workers[idx].entry.qualified.to_string(),
+                    failure,
+                    reason,
+                    cause: None,
+                });
+            }
+            let ready = if rec.ready_set_during_start {
+                rec.ready
+            } else {
+                rec.config.ready_on_start
+            };
+            let accepting = if rec.accepting_set_during_start {
+                rec.accepting
+            } else {
+                rec.config.accepting_work_on_start
+            };
+            st.modify(idx, |rec| {
+                rec.accepting = accepting;
+                rec.last_failure = None;
+            });
+            st.transition(idx, LifecycleState::Running, now);
+            st.set_ready(idx, ready, now);
+            Ok(st.workers[idx].status())
+        });
+        if result.is_err() {
+            token.cancel();
+        } else if let Some(check) = &entry.check {
+            let handle = check::spawn(inner, ctx.without_deadline(), check.clone());
+            if let Ok(mut slot) = entry.check_task.lock() {
+                *slot = Some(handle);
+            }
+        }
+        return (result, None);
+    }
+
+    let (failure, cause, reason, panic) = classify(&outcome, &op_name, ExitReason::StartTimedOut);
+    let (cause, payload) = take_cause(outcome, cause);
+    token.cancel();
+    let (result, _) = inner.mutate(|st, now| {
+        let reported = st.workers[idx].failure_reported_during_start;
+        let exit = Exit {
+            incarnation,
+            reason,
+            failure: Some(failure.clone()),
+            at: now,
+        };
+        st.modify(idx, |rec| {
+            rec.accepting = false;
+            if !reported {
+                rec.last_failure = Some(FailureRecord::new(&failure, now));
+            }
+            rec.last_exit = Some(exit.clone());
+        });
+        st.transition(idx, LifecycleState::Failed, now);
+        st.set_ready(idx, false, now);
+        if !reported {
+            st.failure_event(idx, incarnation, &failure, cause.clone(), panic, true, now);
+        }
+        st.workers[idx].entry.exit.send_replace(Some(exit));
+        Err(LifecycleError::StartFailed {
+            worker: st.workers[idx].entry.qualified.to_string(),
+            failure: failure.clone(),
+            reason,
+            cause: cause.clone(),
+        })
+    });
+    let payload = payload.filter(|_| config.panic_policy == PanicPolicy::Propagate);
+    (result, payload)
+}
+
+/// Drains one worker (gate held). Never calls worker code.
+pub(super) fn drain(inner: &Arc<Inner>, idx: usize) -> Result<WorkerStatus, LifecycleError> {
+    inner
+        .mutate(|st, now| match st.workers[idx].lifecycle {
+            LifecycleState::Running => {
+                st.transition(idx, LifecycleState::Draining, now);
+                st.set_ready(idx, false, now);
+                st.modify(idx, |rec| rec.accepting = false);
+                Ok(st.workers[idx].status())
+            }
+            LifecycleState::Draining => {
+                st.set_ready(idx, false, now);
+                st.modify(idx, |rec| rec.accepting = false);
+                Ok(st.workers[idx].status())
+            }
+            _ => Err(invalid_state(inner, idx, st, Operation::Drain)),
+        })
+        .0
+}
+
+/// Stops one worker (gate held), within its stop timeout and, if given, `budget`.
+pub(super) async fn stop(
+    inner: &Arc<Inner>,
+    idx: usize,
+    budget: Option<Duration>,
+) -> (Result<WorkerStatus, LifecycleError>, Option<Payload>) {
+    let (begin, _) = inner.mutate(|st, now| {
+        if !st.workers[idx].lifecycle.can_stop() {
+            return Err(invalid_state(inner, idx, st, Operation::Stop));
+        }
+        st.transition(idx, LifecycleState::Stopping, now);
+        st.set_ready(idx, false, now);
+        st.modify(idx, |rec| rec.accepting = false);
+        let rec = &st.workers[idx];
+        rec.token.cancel();
+        Ok((
+            Arc::clone(&rec.entry),
+            rec.incarnation,
+            rec.token.clone(),
+            rec.config.clone(),
+        ))
+    });
+    let (entry, incarnation, token, config) = match begin {
+        Ok(begin) => begin,
+        Err(err) => return (Err(err), None),
+    };
+    let limit = match (config.stop_timeout, budget) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let deadline = limit.map(|t| Instant::now() + t);
+    let check_task = entry
+        .check_task
+        .lock()
+        .ok()
+        .and_then(|mut slot| slot.take());
+    if let Some(task) = check_task {
+        // The check loop watches the stop signal, which has fired; it ends promptly.
+        let _ = task.await;
+    }
+    let ctx = WorkerContext::new(
+        Arc::downgrade(inner),
+        idx,
+        &entry,
+        incarnation,
+        token,
+        deadline,
+    );
+    let op_name = format!("stopping worker {:?}", &*entry.qualified);
+    let outcome = {
+        let mut slot = entry.slot.lock().await;
+        let outcome = match slot.as_mut() {
+            Some(worker) => guarded(limit, worker.stop_dyn(ctx)).await,
+            None => Outcome::Ok,
+        };
+        if matches!(outcome, Outcome::Ok) && entry.factory.is_some() {
+            // A factory worker's instance is done once it stopped; the next start makes anew.
+            *slot = None;
+        }
+        outcome
+    };
+
+    if matches!(outcome, Outcome::Ok) {
+        let (status, _) = inner.mutate(|st, now| {
+            st.transition(idx, LifecycleState::Stopped, now);
+            publish_exit_once(st, idx, incarnation, ExitReason::Stopped, None, now);
+            st.workers[idx].status()
+        });
+        return (Ok(status), None);
+    }
+    let (failure, cause, reason, panic) = classify(&outcome, &op_name, ExitReason::Failed);
+    let (cause, payload) = take_cause(outcome, cause);
+    let (result, _) = inner.mutate(|st, now| {
+        st.modify(idx, |rec| {
+            rec.last_failure = Some(FailureRecord::new(&failure, now))
+        });
+        st.transition(idx, LifecycleState::Failed, now);
+        st.failure_event(idx, incarnation, &failure, cause.clone(), panic, true, now);
+        publish_exit_once(st, idx, incarnation, reason, Some(failure.clone()), now);
+        Err(LifecycleError::StopFailed {
+            worker: st.workers[idx].entry.qualified.to_string(),
+            failure: failure.clone(),
+            cause: cause.clone(),
+        })
+    });
+    let payload = payload.filter(|_| config.panic_policy == PanicPolicy::Propagate);
+    (result, payload)
+}
+
+/// Publishes an exit for `incarnation` unless one was already published for it.
+fn publish_exit_once(
+    st: &mut super::State,
+    idx: usize,
+    incarnation: u64,
+    reason: ExitReason,
+    failure: Option<Failure>,
+    now: Timestamp,
+) {
+    let done = st.workers[idx]
+        .last_exit
+        .as_ref()
+        .is_some_and(|e| e.incarnation == incarnation);
+    if done {
+        return;
+    }
+    let exit = Exit {
+        incarnation,
+        reason,
+        failure,
+        at: now,
+    };
+    st.modify(idx, |rec| rec.last_exit = Some(exit.clone()));
+    st.workers[idx].entry.exit.send_replace(Some(exit));
+}
+
+fn snapshot_states(inner: &Inner) -> Vec<(usize, LifecycleState)> {
+    inner
+        .lock()
+        .workers
+        .iter()
+        .enumerate()
+        .map(|(idx, rec)| (idx, rec.lifecycle))
+        .collect()
+}
+
+async fn bulk<F, Fut>(
+    inner: &Arc<Inner>,
+    operation: Operation,
+    body: F,
+) -> Result<(), LifecycleError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = (Result<(), LifecycleError>, Option<Payload>)>,
+{
+    let began = Instant::now();
+    operation_event(inner, None, operation, OperationPhase::Started, began);
+    let (result, payload) = body().await;
+    let phase = match &result {
+        Ok(()) => OperationPhase::Succeeded,
+        Err(err) => OperationPhase::Failed(public_failure(err)),
+    };
+    let seq = operation_event(inner, None, operation, phase, began);
+    inner.delivered(seq).await;
+    if let Some(payload) = payload {
+        std::panic::resume_unwind(payload);
+    }
+    result
+}
+
+/// Starts every startable worker in registration order; fail-fast, no rollback.
+pub(super) async fn start_all(inner: &Arc<Inner>) -> Result<(), LifecycleError> {
+    bulk(inner, Operation::StartAll, || async {
+        if inner.lock().shut_down {
+            let err = LifecycleError::ShutDown {
+                runtime: inner.name.to_string(),
+            };
+            return (Err(err), None);
+        }
+        for (idx, state) in snapshot_states(inner) {
+            match state {
+                LifecycleState::Running => {}
+                s if s.can_start() => {
+                    let (result, payload) = start(inner, idx).await;
+                    if let Err(err) = result {
+                        return (Err(err), payload);
+                    }
+                }
+                _ => {
+                    let err = {
+                        let st = inner.lock();
+                        invalid_state(inner, idx, &st, Operation::Start)
+                    };
+                    return (Err(err), None);
+                }
+            }
+        }
+        (Ok(()), None)
+    })
+    .await
+}
+
+/// Drains every running worker in registration order.
+pub(super) fn drain_all(inner: &Arc<Inner>) {
+    for (idx, state) in snapshot_states(inner) {
+        if state == LifecycleState::Running {
+            // Running under the gate: nothing else can change its lifecycle meanwhile.
+            let _ = drain(inner, idx);
+        }
+    }
+}
+
+/// Stops every stoppable worker in reverse registration order; every one is tried.
+async fn stop_every(
+    inner: &Arc<Inner>,
+    deadline: Option<Instant>,
+) -> (Vec<String>, Vec<LifecycleError>, Option<Payload>) {
+    let mut stopped = Vec::new();
+    let mut errors = Vec::new();
+    let mut first_payload = None;
+    for (idx, state) in snapshot_states(inner).into_iter().rev() {
+        if !state.can_stop() {
+            continue;
+        }
+        let budget = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let (result, payload) = stop(inner, idx, budget).await;
+        match result {
+            Ok(status) => stopped.push(status.name.to_string()),
+            Err(err) => errors.push(err),
+        }
+        if first_payload.is_none() {
+            first_payload = payload;
+        }
+    }
+    (stopped, errors, first_payload)
+}
+
+fn join_errors(mut errors: Vec<LifecycleError>) -> Result<(), LifecycleError> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => Err(LifecycleError::Multiple { errors }),
+    }
+}
+
+/// Stops everything with command admission closed for the call.
+pub(super) async fn stop_all(inner: &Arc<Inner>) -> Result<(), LifecycleError> {
+    bulk(inner, Operation::StopAll, || async {
+        let (previous, _) = inner.mutate(|st, _| std::mem::replace(&mut st.admission_closed, true));
+        let (_, errors, payload) = stop_every(inner, None).await;
+        inner.mutate(|st, _| {
+            if !st.shutting_down {
+                st.admission_closed = previous;
+            }
+        });
+        (join_errors(errors), payload)
+    })
+    .await
+}
+
+/// Graceful shutdown (gate held): close, drain, wait idle, stop, flush observers.
+pub(super) async fn shutdown(
+    inner: &Arc<Inner>,
+    options: ShutdownOptions,
+) -> Result<ShutdownReport, ShutdownError> {
+    let began = Instant::now();
+    let deadline = began + options.timeout;
+    operation_event(
+        inner,
+        None,
+        Operation::Shutdown,
+        OperationPhase::Started,
+        began,
+    );
+    inner.mutate(|st, _| {
+        st.shutting_down = true;
+        st.admission_closed = true;
+    });
+    drain_all(inner);
+
+    let mut in_flight = inner.in_flight.subscribe();
+    let idle = tokio::time::timeout_at(deadline, in_flight.wait_for(|n| *n == 0))
+        .await
+        .is_ok();
+    let abandoned = if idle { 0 } else { *in_flight.borrow() };
+
+    let stop_deadline = deadline.max(Instant::now() + options.stop_grace);
+    let (stopped, errors, payload) = stop_every(inner, Some(stop_deadline)).await;
+    inner.mutate(|st, _| st.shut_down = true);
+
+    let unfinished: Vec<Unfinished> = errors
+        .iter()
+        .map(|err| Unfinished {
+            worker: err.worker().unwrap_or_default().to_owned(),
+            state: LifecycleState::Failed,
+            failure: public_failure(err),
+        })
+        .collect();
+    let report = ShutdownReport {
+        stopped,
+        abandoned_in_flight: abandoned,
+        deadline_exceeded: !idle,
+        elapsed: began.elapsed(),
+    };
+    let result = if unfinished.is_empty() && idle {
+        Ok(report)
+    } else {
+        Err(ShutdownError::Incomplete { unfinished, report })
+    };
+    let phase = match &result {
+        Ok(_) => OperationPhase::Succeeded,
+        Err(err) => OperationPhase::Failed(Failure::new(err.code(), "shutdown incomplete")),
+    };
+    let seq = operation_event(inner, None, Operation::Shutdown, phase, began);
+    inner.delivered(seq).await;
+    let _ = tokio::time::timeout(
+        inner.settings.observer_flush_timeout,
+        inner.observers.shutdown(),
+    )
+    .await;
+    if let Some(payload) = payload {
+        std::panic::resume_unwind(payload);
+    }
+    result
+}
+
+// ---- Calls a worker makes through its context (not gated). ----
+
+fn check_current(st: &super::State, idx: usize, incarnation: u64) -> Result<(), ContextError> {
+    let rec = &st.workers[idx];
+    if rec.incarnation != incarnation {
+        return Err(ContextError::Stale {
+            worker: rec.entry.qualified.to_string(),
+            incarnation,
+            current: rec.incarnation,
+        });
+    }
+    Ok(())
+}
+
+fn context_state_error(st: &super::State, idx: usize, action: &'static str) -> ContextError {
+    let rec = &st.workers[idx];
+    ContextError::InvalidState {
+        worker: rec.entry.qualified.to_string(),
+        state: rec.lifecycle,
+        action,
+    }
+}
+
+/// `WorkerContext::set_ready`. While draining, `true` is ignored (never a failure).
+pub(crate) fn set_ready(
+    inner: &Inner,
+    idx: usize,
+    incarnation: u64,
+    ready: bool,
+) -> Result<(), ContextError> {
+    inner
+        .mutate(|st, now| {
+            check_current(st, idx, incarnation)?;
+            match st.workers[idx].lifecycle {
+                LifecycleState::Starting => {
+                    st.modify(idx, |rec| rec.ready_set_during_start = true);
+                    st.set_ready(idx, ready, now);
+                    Ok(())
+                }
+                LifecycleState::Running => {
+                    st.set_ready(idx, ready, now);
+                    Ok(())
+                }
+                LifecycleState::Draining => {
+                    if !ready {
+                        st.set_ready(idx, false, now);
+                    }
+                    Ok(())
+                }
+                _ => Err(context_state_error(st, idx, "set ready")),
+            }
+        })
+        .0
+}
+
+/// `WorkerContext::set_accepting_work`. Emits no event (admission is visible in status).
+pub(crate) fn set_accepting(
+    inner: &Inner,
+    idx: usize,
+    incarnation: u64,
+    accepting: bool,
+) -> Result<(), ContextError> {
+    inner
+        .mutate(|st, _| {
+            check_current(st, idx, incarnation)?;
+            match st.workers[idx].lifecycle {
+                LifecycleState::Starting => {
+                    st.modify(idx, |rec| {
+                        rec.accepting_set_during_start = true;
+                        rec.accepting = accepting;
+                    });
+                    Ok(())
+                }
+                LifecycleState::Running => {
+                    st.modify(idx, |rec| rec.accepting = accepting);
+                    Ok(())
+                }
+                LifecycleState::Draining if !accepting => Ok(()),
+                _ => Err(context_state_error(st, idx, "set accepting work")),
+            }
+        })
+        .0
+}
+
+/// A failure of the current incarnation, reported by the worker or found by the runtime (an
+/// unexpected loop exit, a panic in a loop or a readiness check).
+pub(crate) struct Failing {
+    pub(crate) failure: Failure,
+    pub(crate) cause: Option<Cause>,
+    pub(crate) reason: ExitReason,
+    pub(crate) panic: bool,
+}
+
+/// Fails the worker's current incarnation (rows 6, 13 and 14 of the transition table).
+pub(crate) fn fail(
+    inner: &Inner,
+    idx: usize,
+    incarnation: u64,
+    failing: Failing,
+) -> Result<(), ContextError> {
+    let Failing {
+        failure,
+        cause,
+        reason,
+        panic,
+    } = failing;
+    inner
+        .mutate(|st, now| {
+            check_current(st, idx, incarnation)?;
+            // A panic with no caller to resume on escalates under `Propagate`.
+            let escalate = panic && st.workers[idx].config.panic_policy == PanicPolicy::Propagate;
+            let record = FailureRecord::new(&failure, now);
+            match st.workers[idx].lifecycle {
+                LifecycleState::Starting => {
+                    st.modify(idx, |rec| {
+                        rec.last_failure = Some(record);
+                        rec.accepting = false;
+                        rec.ready_set_during_start = false;
+                        rec.accepting_set_during_start = false;
+                        rec.failure_reported_during_start = true;
+                        rec.reported_reason = reason;
+                        rec.escalated |= escalate;
+                    });
+                    st.set_ready(idx, false, now);
+                    st.failure_event(idx, incarnation, &failure, cause, panic, false, now);
+                    st.workers[idx].token.cancel();
+                    Ok(())
+                }
+                LifecycleState::Running | LifecycleState::Draining => {
+                    st.modify(idx, |rec| {
+                        rec.last_failure = Some(record);
+                        rec.accepting = false;
+                        rec.escalated = escalate;
+                    });
+                    st.transition(idx, LifecycleState::Failed, now);
+                    st.set_ready(idx, false, now);
+                    st.failure_event(idx, incarnation, &failure, cause, panic, true, now);
+                    publish_exit_once(st, idx, incarnation, reason, Some(failure.clone()), now);
+                    st.workers[idx].token.cancel();
+                    Ok(())
+                }
+                LifecycleState::Stopping => {
+                    st.modify(idx, |rec| {
+                        rec.last_failure = Some(record);
+                        rec.escalated |= escalate;
+                    });
+                    st.failure_event(idx, incarnation, &failure, cause, panic, false, now);
+                    Ok(())
+                }
+                _ => Err(context_state_error(st, idx, "report failure")),
+            }
+        })
+        .0
+}
+
+/// Observes a failure without changing the worker (a loop worker's cleanup failure).
+pub(crate) fn observe_failure(inner: &Inner, idx: usize, incarnation: u64, failing: Failing) {
+    let escalate = failing.panic;
+    inner.mutate(|st, now| {
+        if escalate
+            && st.workers[idx].config.panic_policy == PanicPolicy::Propagate
+            && st.workers[idx].incarnation == incarnation
+            && st.workers[idx].lifecycle == LifecycleState::Failed
+        {
+            st.modify(idx, |rec| rec.escalated = true);
+        }
+        st.failure_event(
+            idx,
+            incarnation,
+            &failing.failure,
+            failing.cause,
+            failing.panic,
+            false,
+            now,
+        );
+    });
+}

@@ -1,0 +1,493 @@
+//! The runtime's state: worker records, the incremental aggregate, and the ordered event queue.
+//!
+//! Everything here runs under the runtime's state mutex, which is never held across an `.await`
+//! or an observer call. Every change goes through [`State::modify`], which keeps the aggregate
+//! counters in step, so deriving the runtime's state and readiness is O(1) whatever the number
+//! of workers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::failure::Failure;
+use crate::lifecycle::LifecycleState;
+use crate::observe::{
+    Cause, Event, FailureEvent, Operation, OperationEvent, OperationPhase, ReadinessEvent,
+    TransitionEvent,
+};
+use crate::policy::{FailurePolicy, PanicPolicy, ReadinessPolicy};
+use crate::status::{
+    Exit, FailureRecord, ReadinessImpact, ReadinessItem, RuntimeStatus, Transition, WorkerSnapshot,
+    WorkerStatus,
+};
+use crate::time::Timestamp;
+use crate::worker::{DynWorker, Factory, ReadinessCheck};
+
+/// A worker's settings, resolved from its spec and the runtime defaults at registration.
+#[derive(Clone, Debug)]
+pub(crate) struct WorkerConfig {
+    pub(crate) start_timeout: Option<Duration>,
+    pub(crate) stop_timeout: Option<Duration>,
+    pub(crate) ready_on_start: bool,
+    pub(crate) accepting_work_on_start: bool,
+    pub(crate) contributes: bool,
+    pub(crate) failure_policy: FailurePolicy,
+    pub(crate) panic_policy: PanicPolicy,
+}
+
+/// The parts of a worker that live outside the state lock.
+pub(crate) struct WorkerEntry {
+    pub(crate) local: Arc<str>,
+    pub(crate) qualified: Arc<str>,
+    /// The worker object. Only lifecycle operations (serialised by the gate) touch it.
+    pub(crate) slot: tokio::sync::Mutex<Option<Box<dyn DynWorker>>>,
+    pub(crate) factory: Option<Factory>,
+    pub(crate) check: Option<ReadinessCheck>,
+    /// The last exit, for `wait_exit`.
+    pub(crate) exit: watch::Sender<Option<Exit>>,
+    /// The readiness-check task of the current incarnation.
+    pub(crate) check_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// One worker's live record.
+pub(crate) struct WorkerRecord {
+    pub(crate) entry: Arc<WorkerEntry>,
+    pub(crate) description: Option<Arc<str>>,
+    pub(crate) config: WorkerConfig,
+    pub(crate) lifecycle: LifecycleState,
+    pub(crate) ready: bool,
+    pub(crate) accepting: bool,
+    pub(crate) in_flight: usize,
+    pub(crate) incarnation: u64,
+    pub(crate) ready_set_during_start: bool,
+    pub(crate) accepting_set_during_start: bool,
+    pub(crate) failure_reported_during_start: bool,
+    /// How a failure reported during start ends the incarnation.
+    pub(crate) reported_reason: crate::status::ExitReason,
+    /// A panic with no caller under `PanicPolicy::Propagate`: counts as `fail_runtime`.
+    pub(crate) escalated: bool,
+    pub(crate) last_transition: Option<Transition>,
+    pub(crate) last_failure: Option<FailureRecord>,
+    pub(crate) last_exit: Option<Exit>,
+    /// Fires when this incarnation is asked to stop or ends.
+    pub(crate) token: CancellationToken,
+}
+
+impl WorkerRecord {
+    pub(crate) fn status(&self) -> WorkerStatus {
+        WorkerStatus {
+            name: Arc::clone(&self.entry.qualified),
+            local_name: Arc::clone(&self.entry.local),
+            state: self.lifecycle,
+            ready: self.ready,
+            accepting_work: self.accepting,
+            in_flight: self.in_flight,
+            incarnation: self.incarnation,
+            contributes_to_readiness: self.config.contributes,
+            failure_policy: self.config.failure_policy,
+            last_transition: self.last_transition.clone(),
+            last_failure: self.last_failure.clone(),
+            last_exit: self.last_exit.clone(),
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> WorkerSnapshot {
+        WorkerSnapshot {
+            qualified_name: Arc::clone(&self.entry.qualified),
+            name: Arc::clone(&self.entry.local),
+            description: self.description.clone(),
+            status: self.status(),
+        }
+    }
+
+    fn facts(&self) -> Facts {
+        let failed = self.lifecycle == LifecycleState::Failed;
+        Facts {
+            state: self.lifecycle,
+            fail_runtime: failed
+                && (self.escalated || self.config.failure_policy == FailurePolicy::FailRuntime),
+            unready_failure: failed
+                && self.config.failure_policy == FailurePolicy::MarkRuntimeUnready,
+            contributes: self.config.contributes,
+            ready_running: self.lifecycle == LifecycleState::Running && self.ready,
+        }
+    }
+
+    fn impact(&self, policy: ReadinessPolicy) -> ReadinessImpact {
+        if policy == ReadinessPolicy::AllWorkers
+            || self.config.contributes
+            || self.config.failure_policy != FailurePolicy::Isolate
+        {
+            ReadinessImpact::Blocking
+        } else {
+            ReadinessImpact::NonBlocking
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Facts {
+    state: LifecycleState,
+    fail_runtime: bool,
+    unready_failure: bool,
+    contributes: bool,
+    ready_running: bool,
+}
+
+/// Counters over all workers, kept in step by every change.
+#[derive(Default)]
+struct Aggregate {
+    total: usize,
+    by_state: [usize; LifecycleState::ALL.len()],
+    fail_runtime: usize,
+    unready_failure: usize,
+    contributing: usize,
+    contributing_ready: usize,
+    ready_running: usize,
+}
+
+impl Aggregate {
+    fn apply(&mut self, f: Facts, sign: isize) {
+        fn add(n: &mut usize, yes: bool, sign: isize) {
+            if yes {
+                *n = n.saturating_add_signed(sign);
+            }
+        }
+        add(&mut self.by_state[f.state.index()], true, sign);
+        add(&mut self.fail_runtime, f.fail_runtime, sign);
+        add(&mut self.unready_failure, f.unready_failure, sign);
+        add(&mut self.contributing, f.contributes, sign);
+        add(
+            &mut self.contributing_ready,
+            f.contributes && f.ready_running,
+            sign,
+        );
+        add(&mut self.ready_running, f.ready_running, sign);
+    }
+
+    fn count(&self, state: LifecycleState) -> usize {
+        self.by_state[state.index()]
+    }
+
+    /// The aggregate state (spec §2.6, with the sticky mixed case fixed: a mix of registered and
+    /// stopped workers is `stopped`).
+    fn state(&self) -> LifecycleState {
+        use LifecycleState::*;
+        if self.total == 0 {
+            Registered
+        } else if self.fail_runtime > 0 {
+            Failed
+        } else if self.count(Starting) > 0 {
+            Starting
+        } else if self.count(Draining) > 0 {
+            Draining
+        } else if self.count(Stopping) > 0 {
+            Stopping
+        } else if self.count(Running) > 0 {
+            Running
+        } else if self.count(Failed) > 0 {
+            Failed
+        } else if self.count(Stopped) > 0 {
+            Stopped
+        } else {
+            Registered
+        }
+    }
+
+    fn transitional(&self) -> usize {
+        use LifecycleState::*;
+        self.count(Starting) + self.count(Draining) + self.count(Stopping)
+    }
+
+    fn ready(&self, policy: ReadinessPolicy) -> bool {
+        if self.fail_runtime > 0 || self.unready_failure > 0 {
+            return false;
+        }
+        match policy {
+            ReadinessPolicy::AllWorkers => {
+                self.total > 0
+                    && self.transitional() + self.count(LifecycleState::Failed) == 0
+                    && self.ready_running == self.total
+            }
+            ReadinessPolicy::ContributingWorkers => {
+                if self.contributing == 0 {
+                    self.count(LifecycleState::Running) > 0 && self.transitional() == 0
+                } else {
+                    self.contributing_ready == self.contributing
+                }
+            }
+        }
+    }
+}
+
+/// The runtime's whole mutable state.
+pub(crate) struct State {
+    pub(crate) runtime: Arc<str>,
+    pub(crate) policy: ReadinessPolicy,
+    pub(crate) workers: Vec<WorkerRecord>,
+    pub(crate) index: HashMap<Arc<str>, usize>,
+    aggregate: Aggregate,
+    pub(crate) runtime_state: LifecycleState,
+    pub(crate) ready: bool,
+    pub(crate) last_transition: Option<Transition>,
+    pub(crate) in_flight: usize,
+    /// Command admission closed by stop-all or shutdown.
+    pub(crate) admission_closed: bool,
+    pub(crate) shutting_down: bool,
+    pub(crate) shut_down: bool,
+    events: VecDeque<Event>,
+    next_seq: u64,
+    pub(crate) emitting: bool,
+    pub(crate) version: u64,
+}
+
+impl State {
+    pub(crate) fn new(runtime: Arc<str>, policy: ReadinessPolicy) -> Self {
+        Self {
+            runtime,
+            policy,
+            workers: Vec::new(),
+            index: HashMap::new(),
+            aggregate: Aggregate::default(),
+            runtime_state: LifecycleState::Registered,
+            ready: false,
+            last_transition: None,
+            in_flight: 0,
+            admission_closed: false,
+            shutting_down: false,
+            shut_down: false,
+            events: VecDeque::new(),
+            next_seq: 1,
+            emitting: false,
+            version: 0,
+        }
+    }
+
+    pub(crate) fn add_worker(&mut self, record: WorkerRecord) -> usize {
+        let idx = self.workers.len();
+        self.index.insert(Arc::clone(&record.entry.local), idx);
+        self.aggregate.total += 1;
+        self.aggregate.apply(record.facts(), 1);
+        self.workers.push(record);
+        idx
+    }
+
+    /// Changes one worker's record, keeping the aggregate counters in step.
+    pub(crate) fn modify<R>(&mut self, idx: usize, f: impl FnOnce(&mut WorkerRecord) -> R) -> R {
+        let before = self.workers[idx].facts();
+        let result = f(&mut self.workers[idx]);
+        let after = self.workers[idx].facts();
+        self.aggregate.apply(before, -1);
+        self.aggregate.apply(after, 1);
+        result
+    }
+
+    fn push(&mut self, make: impl FnOnce(u64) -> Event) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.events.push_back(make(seq));
+    }
+
+    /// The sequence number of the last queued event (0 if none yet).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub(crate) fn take_events(&mut self) -> VecDeque<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Moves a worker to `to`, recording the transition and queueing its event.
+    pub(crate) fn transition(&mut self, idx: usize, to: LifecycleState, now: Timestamp) {
+        let from = self.workers[idx].lifecycle;
+        if from == to {
+            return;
+        }
+        self.modify(idx, |rec| {
+            rec.lifecycle = to;
+            rec.last_transition = Some(Transition { from, to, at: now });
+        });
+        let runtime = Arc::clone(&self.runtime);
+        let rec = &self.workers[idx];
+        let worker = Some(Arc::clone(&rec.entry.qualified));
+        let incarnation = rec.incarnation;
+        self.push(|seq| {
+            Event::Transition(TransitionEvent {
+                seq,
+                runtime,
+                worker,
+                incarnation,
+                from,
+                to,
+                at: now,
+            })
+        });
+    }
+
+    /// Sets a worker's readiness, queueing an event if it changed.
+    pub(crate) fn set_ready(&mut self, idx: usize, ready: bool, now: Timestamp) {
+        if self.workers[idx].ready == ready {
+            return;
+        }
+        self.modify(idx, |rec| rec.ready = ready);
+        let runtime = Arc::clone(&self.runtime);
+        let worker = Some(Arc::clone(&self.workers[idx].entry.qualified));
+        self.push(|seq| {
+            Event::Readiness(ReadinessEvent {
+                seq,
+                runtime,
+                worker,
+                ready,
+                at: now,
+            })
+        });
+    }
+
+    /// Queues a failure event for a worker.
+    #[allow(clippy::too_many_arguments)] // Internal; each argument is a distinct event field.
+    pub(crate) fn failure_event(
+        &mut self,
+        idx: usize,
+        incarnation: u64,
+        failure: &Failure,
+        cause: Option<Cause>,
+        panic: bool,
+        lifecycle_changed: bool,
+        now: Timestamp,
+    ) {
+        let runtime = Arc::clone(&self.runtime);
+        let worker = Some(Arc::clone(&self.workers[idx].entry.qualified));
+        let failure = failure.clone();
+        self.push(|seq| {
+            Event::Failure(FailureEvent {
+                seq,
+                runtime,
+                worker,
+                incarnation,
+                failure,
+                panic,
+                lifecycle_changed,
+                cause,
+                at: now,
+            })
+        });
+    }
+
+    pub(crate) fn operation_event(
+        &mut self,
+        worker: Option<Arc<str>>,
+        operation: Operation,
+        phase: OperationPhase,
+        elapsed: Duration,
+    ) {
+        let runtime = Arc::clone(&self.runtime);
+        let at = Timestamp::now();
+        self.push(|seq| {
+            Event::Operation(OperationEvent {
+                seq,
+                runtime,
+                worker,
+                operation,
+                phase,
+                at,
+                elapsed,
+            })
+        });
+    }
+
+    /// Ends a change: recomputes the aggregate and queues runtime events if it changed.
+    /// Returns whether anything observable may have changed (always bumps the version).
+    pub(crate) fn commit(&mut self, now: Timestamp) {
+        self.version = self.version.wrapping_add(1);
+        let state = self.aggregate.state();
+        let ready = !self.shutting_down && self.aggregate.ready(self.policy);
+        if state != self.runtime_state {
+            let from = self.runtime_state;
+            self.runtime_state = state;
+            self.last_transition = Some(Transition {
+                from,
+                to: state,
+                at: now,
+            });
+            let runtime = Arc::clone(&self.runtime);
+            self.push(|seq| {
+                Event::Transition(TransitionEvent {
+                    seq,
+                    runtime,
+                    worker: None,
+                    incarnation: 0,
+                    from,
+                    to: state,
+                    at: now,
+                })
+            });
+        }
+        if ready != self.ready {
+            self.ready = ready;
+            let runtime = Arc::clone(&self.runtime);
+            self.push(|seq| {
+                Event::Readiness(ReadinessEvent {
+                    seq,
+                    runtime,
+                    worker: None,
+                    ready,
+                    at: now,
+                })
+            });
+        }
+    }
+
+    pub(crate) fn runtime_status(&self) -> RuntimeStatus {
+        RuntimeStatus {
+            name: Arc::clone(&self.runtime),
+            state: self.runtime_state,
+            ready: self.ready,
+            in_flight: self.in_flight,
+            workers: self.workers.len(),
+            last_transition: self.last_transition.clone(),
+            shutting_down: self.shutting_down,
+        }
+    }
+
+    pub(crate) fn readiness_items(&self) -> Vec<ReadinessItem> {
+        self.workers
+            .iter()
+            .map(|rec| ReadinessItem {
+                name: Arc::clone(&rec.entry.local),
+                ready: rec.lifecycle == LifecycleState::Running && rec.ready,
+                state: rec.lifecycle,
+                impact: rec.impact(self.policy),
+            })
+            .collect()
+    }
+
+    /// Why the runtime is not live (empty when live).
+    pub(crate) fn liveness_reasons(&self) -> Vec<String> {
+        if self.runtime_state != LifecycleState::Failed {
+            return Vec::new();
+        }
+        let mut reasons: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|rec| rec.lifecycle == LifecycleState::Failed)
+            .map(|rec| {
+                let code = rec
+                    .last_failure
+                    .as_ref()
+                    .map_or("worker_failed", |f| f.code.as_str());
+                let why = if rec.escalated {
+                    "an unhandled panic under panic policy propagate"
+                } else {
+                    rec.config.failure_policy.as_str()
+                };
+                format!("worker {:?} failed ({code}; {why})", &*rec.entry.qualified)
+            })
+            .collect();
+        reasons.insert(0, format!("runtime {:?} failed", &*self.runtime));
+        reasons
+    }
+}

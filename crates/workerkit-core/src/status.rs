@@ -1,0 +1,219 @@
+//! Status snapshots: cheap copies of the runtime's and each worker's state, in the Go JSON shape.
+
+use std::sync::Arc;
+
+use crate::failure::Failure;
+use crate::lifecycle::LifecycleState;
+use crate::policy::{FailurePolicy, ReadinessPolicy};
+use crate::time::Timestamp;
+
+/// A change of lifecycle state.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Transition {
+    /// The state before.
+    pub from: LifecycleState,
+    /// The state after.
+    pub to: LifecycleState,
+    /// When it happened.
+    pub at: Timestamp,
+}
+
+/// The public record of a failure: code, safe message and time.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct FailureRecord {
+    /// The stable code (omitted from JSON when empty).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub code: String,
+    /// The safe message.
+    pub message: String,
+    /// When it was recorded.
+    pub at: Timestamp,
+}
+
+impl FailureRecord {
+    pub(crate) fn new(failure: &Failure, at: Timestamp) -> Self {
+        Self {
+            code: failure.code().to_owned(),
+            message: failure.message().to_owned(),
+            at,
+        }
+    }
+}
+
+/// Why a worker's incarnation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ExitReason {
+    /// It was asked to stop and stopped.
+    Stopped,
+    /// It failed: its start or stop returned an error, or it reported a failure.
+    Failed,
+    /// Its code panicked.
+    Panicked,
+    /// Its start did not finish within the start timeout.
+    StartTimedOut,
+    /// Its loop returned `Ok` although nobody asked it to stop (a failure, as in Go).
+    ExitedUnexpectedly,
+}
+
+impl ExitReason {
+    /// The wire name (`stopped`, `failed`, ...).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+            Self::Panicked => "panicked",
+            Self::StartTimedOut => "start_timed_out",
+            Self::ExitedUnexpectedly => "exited_unexpectedly",
+        }
+    }
+
+    /// Whether this exit is a failure (anything but a requested stop).
+    #[must_use]
+    pub const fn is_failure(self) -> bool {
+        !matches!(self, Self::Stopped)
+    }
+}
+
+/// How one incarnation of a worker ended.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct Exit {
+    /// The incarnation that ended (1 for the first start).
+    pub incarnation: u64,
+    /// Why it ended.
+    pub reason: ExitReason,
+    /// The public failure, for failed exits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// When it ended.
+    pub at: Timestamp,
+}
+
+/// A snapshot of the runtime's aggregate status.
+///
+/// JSON: `{"name","state","ready","inFlight","workers","lastTransition"?,"shuttingDown"}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct RuntimeStatus {
+    /// The runtime's name.
+    pub name: Arc<str>,
+    /// The aggregate state (see `docs/lifecycle.md`).
+    pub state: LifecycleState,
+    /// Whether the runtime is ready, by its readiness policy.
+    pub ready: bool,
+    /// Commands in flight across the runtime.
+    pub in_flight: usize,
+    /// The number of registered workers.
+    pub workers: usize,
+    /// The last change of the aggregate state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<Transition>,
+    /// Whether a graceful shutdown has begun.
+    pub shutting_down: bool,
+}
+
+/// A snapshot of one worker's status.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// The qualified name, `runtime/worker`.
+    pub name: Arc<str>,
+    /// The local name.
+    pub local_name: Arc<str>,
+    /// The lifecycle state.
+    pub state: LifecycleState,
+    /// Whether the worker says it is ready.
+    pub ready: bool,
+    /// Whether the runtime may admit commands to it.
+    pub accepting_work: bool,
+    /// Commands in flight on this worker.
+    pub in_flight: usize,
+    /// The current (or last) incarnation: 0 before the first start, then 1, 2, ...
+    pub incarnation: u64,
+    /// Whether the worker counts towards runtime readiness.
+    pub contributes_to_readiness: bool,
+    /// The worker's failure policy.
+    pub failure_policy: FailurePolicy,
+    /// The last lifecycle change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_transition: Option<Transition>,
+    /// The last lifecycle failure (kept after a stop, cleared by a successful start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<FailureRecord>,
+    /// How the last incarnation ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<Exit>,
+}
+
+/// A worker's registration metadata and status.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct WorkerSnapshot {
+    /// The qualified name, `runtime/worker`.
+    pub qualified_name: Arc<str>,
+    /// The local name.
+    pub name: Arc<str>,
+    /// The description given at registration (omitted when empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<Arc<str>>,
+    /// The live status.
+    pub status: WorkerStatus,
+}
+
+/// Whether a worker blocks runtime readiness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ReadinessImpact {
+    /// Its readiness (or its failure) decides the runtime's readiness.
+    Blocking,
+    /// It is listed but does not block.
+    NonBlocking,
+}
+
+/// One worker's line in a [`Readiness`] report.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ReadinessItem {
+    /// The local worker name.
+    pub name: Arc<str>,
+    /// Running and ready.
+    pub ready: bool,
+    /// The lifecycle state.
+    pub state: LifecycleState,
+    /// Whether it blocks runtime readiness.
+    pub impact: ReadinessImpact,
+}
+
+/// The runtime's readiness with one item per worker, for readiness probes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Readiness {
+    /// Whether the runtime is ready.
+    pub ready: bool,
+    /// `runtime ready`, or `runtime not ready: state=<state>`.
+    pub reason: String,
+    /// The readiness policy in force.
+    pub policy: ReadinessPolicy,
+    /// One item per worker, in registration order.
+    pub items: Vec<ReadinessItem>,
+}
+
+/// Whether the process should be restarted, for liveness probes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct Liveness {
+    /// `false` only for conditions that mean "restart this process".
+    pub live: bool,
+    /// Why it is not live (empty when live).
+    pub reasons: Vec<String>,
+}

@@ -1,0 +1,255 @@
+//! `WorkerContext`: a worker's handle on its own incarnation.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Weak};
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ContextError;
+use crate::failure::{BoxError, Failure};
+use crate::runtime::{Inner, ops};
+use crate::status::{ExitReason, WorkerStatus};
+
+/// A worker's handle on one incarnation: its names, its stop signal, and the calls by which it
+/// reports readiness and failures.
+///
+/// Each start of a worker is a new incarnation with a new context. A context kept from an earlier
+/// incarnation is *stale*: its calls return [`ContextError::Stale`] and change nothing. Calls on a
+/// context never wait for lifecycle operations.
+#[derive(Clone)]
+pub struct WorkerContext {
+    inner: Weak<Inner>,
+    idx: usize,
+    local: Arc<str>,
+    qualified: Arc<str>,
+    incarnation: u64,
+    token: CancellationToken,
+    deadline: Option<Instant>,
+}
+
+impl fmt::Debug for WorkerContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerContext")
+            .field("worker", &self.qualified)
+            .field("incarnation", &self.incarnation)
+            .field("stop_requested", &self.token.is_cancelled())
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+impl WorkerContext {
+    pub(crate) fn new(
+        inner: Weak<Inner>,
+        idx: usize,
+        entry: &crate::runtime::WorkerEntry,
+        incarnation: u64,
+        token: CancellationToken,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Self {
+            inner,
+            idx,
+            local: Arc::clone(&entry.local),
+            qualified: Arc::clone(&entry.qualified),
+            incarnation,
+            token,
+            deadline,
+        }
+    }
+
+    pub(crate) fn without_deadline(&self) -> Self {
+        Self {
+            deadline: None,
+            ..self.clone()
+        }
+    }
+
+    pub(crate) fn runtime(&self) -> Result<Arc<Inner>, ContextError> {
+        self.inner
+            .upgrade()
+            .ok_or_else(|| ContextError::RuntimeGone {
+                worker: self.qualified.to_string(),
+            })
+    }
+
+    pub(crate) fn index(&self) -> usize {
+        self.idx
+    }
+
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// The worker's local name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.local
+    }
+
+    /// The worker's qualified name, `runtime/worker`.
+    #[must_use]
+    pub fn qualified_name(&self) -> &str {
+        &self.qualified
+    }
+
+    /// This incarnation's number: 1 for the first start, then 2, 3, ...
+    #[must_use]
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The deadline of the `start` or `stop` call this context was passed to, if it has one.
+    /// The runtime drops the call's future at that instant.
+    #[must_use]
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether this incarnation has been asked to stop (or has ended).
+    #[must_use]
+    pub fn is_stop_requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Completes when this incarnation is asked to stop, or ends by failure.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub fn stop_requested(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.token.cancelled()
+    }
+
+    /// An owned stop signal, to move into tasks the worker spawns.
+    #[must_use]
+    pub fn stop_signal(&self) -> StopSignal {
+        StopSignal {
+            token: self.token.clone(),
+        }
+    }
+
+    /// Spawns `future` as part of this incarnation: it is dropped as soon as the incarnation is
+    /// asked to stop (or ends by failure). Its output is discarded; a panic in it is contained
+    /// and does not affect the worker.
+    pub fn spawn<F>(&self, future: F) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let token = self.token.clone();
+        let task = async move {
+            tokio::select! {
+                () = token.cancelled() => {}
+                () = future => {}
+            }
+        };
+        match self.inner.upgrade() {
+            Some(inner) => crate::task::spawn(&inner.tracker, task),
+            None => crate::task::spawn(&tokio_util::task::TaskTracker::new(), task),
+        }
+    }
+
+    /// Spawns a tracked task that is *not* dropped at the stop signal (for the loop worker).
+    pub(crate) fn spawn_tracked<F>(&self, future: F) -> JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.inner.upgrade() {
+            Some(inner) => crate::task::spawn(&inner.tracker, future),
+            None => crate::task::spawn(&tokio_util::task::TaskTracker::new(), future),
+        }
+    }
+
+    /// Sets whether the worker is ready.
+    ///
+    /// Allowed while starting (the value then survives the end of the start), running and
+    /// draining. While draining, `true` is ignored: a worker that is draining stays unready, and
+    /// saying otherwise is not an error.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError::Stale`] for an earlier incarnation's context;
+    /// [`ContextError::InvalidState`] when the worker is stopping, stopped or failed.
+    pub fn set_ready(&self, ready: bool) -> Result<(), ContextError> {
+        let inner = self.runtime()?;
+        ops::set_ready(&inner, self.idx, self.incarnation, ready)
+    }
+
+    /// Sets whether the runtime may admit commands to this worker. Emits no event; the value is
+    /// visible in status.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError::Stale`]; [`ContextError::InvalidState`] unless starting or running (or
+    /// draining, for `false`).
+    pub fn set_accepting_work(&self, accepting: bool) -> Result<(), ContextError> {
+        let inner = self.runtime()?;
+        ops::set_accepting(&inner, self.idx, self.incarnation, accepting)
+    }
+
+    /// Reports that the worker failed.
+    ///
+    /// Running or draining: the worker becomes `failed` (its failure policy applies) and its
+    /// stop signal fires. Starting: it is recorded, and the start ends `failed`. Stopping: it is
+    /// recorded and the stop goes on. The error's public face comes from
+    /// [`with_failure`](crate::failure::with_failure), or is the generic `worker_failed`; its text
+    /// stays private.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError::Stale`]; [`ContextError::InvalidState`] when registered, stopped or
+    /// already failed.
+    pub fn report_failure(&self, error: impl Into<BoxError>) -> Result<(), ContextError> {
+        let error: BoxError = error.into();
+        let failure = Failure::from_error(&*error, Failure::worker_failed());
+        let inner = self.runtime()?;
+        ops::fail(
+            &inner,
+            self.idx,
+            self.incarnation,
+            ops::Failing {
+                failure,
+                cause: Some(Arc::from(error)),
+                reason: ExitReason::Failed,
+                panic: false,
+            },
+        )
+    }
+
+    /// The worker's live status (of whatever incarnation is current).
+    #[must_use]
+    pub fn status(&self) -> Option<WorkerStatus> {
+        let inner = self.inner.upgrade()?;
+        let st = inner.lock();
+        st.workers
+            .get(self.idx)
+            .map(crate::runtime::WorkerRecord::status)
+    }
+}
+
+/// An owned, clonable stop signal of one incarnation; see [`WorkerContext::stop_signal`].
+#[derive(Clone, Debug)]
+pub struct StopSignal {
+    token: CancellationToken,
+}
+
+impl StopSignal {
+    /// Whether the stop was requested.
+    #[must_use]
+    pub fn is_triggered(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Completes when the stop is requested.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn wait(&self) {
+        self.token.cancelled().await;
+    }
+}

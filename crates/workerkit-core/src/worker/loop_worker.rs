@@ -1,0 +1,319 @@
+//! `LoopWorker`: "run this loop until asked to stop".
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::failure::{self, BoxError, Failure, PanicError};
+use crate::observe::BoxFuture;
+use crate::runtime::ops;
+use crate::status::ExitReason;
+use crate::task::CatchUnwind;
+use crate::worker::{Worker, WorkerContext};
+
+/// Default bound on the automatic cleanup that runs after a loop fails.
+pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
+
+type LoopFn = Arc<dyn Fn(WorkerContext) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+
+/// Why a [`LoopWorker`] refused to start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoopError {
+    /// The previous loop is still running (its stop timed out); stop it again first.
+    #[error("loop worker already active")]
+    Active,
+    /// The previous run's cleanup hook failed; a stop must retry it before a new start.
+    #[error("loop worker cleanup pending")]
+    CleanupPending,
+}
+
+#[derive(Debug, Default)]
+struct Cleanup {
+    /// The cleanup hook succeeded for the current run.
+    done: bool,
+    /// A cleanup attempt failed and no later one succeeded.
+    failed: bool,
+}
+
+/// A worker that runs a loop in its own task until asked to stop.
+///
+/// - `start` runs the optional start hook, launches the loop, and (with auto-ready, the default)
+///   marks the worker ready.
+/// - The loop watches [`WorkerContext::stop_requested`] and returns when it fires.
+/// - `stop` waits for the loop to return, then runs the optional stop (cleanup) hook.
+/// - A loop that returns an error, returns `Ok` unasked ([`ExitReason::ExitedUnexpectedly`]) or
+///   panics fails the worker; its panic is caught and goes through the worker's panic policy.
+///   The cleanup hook then runs once automatically (bounded by the cleanup timeout); if it fails,
+///   the worker cannot start again until a `stop` retried the cleanup successfully.
+///
+/// ```
+/// use std::time::Duration;
+/// use workerkit_core::{LoopWorker, WorkerSpec};
+///
+/// let poller = LoopWorker::new(|ctx| async move {
+///     let mut tick = tokio::time::interval(Duration::from_secs(1));
+///     loop {
+///         tokio::select! {
+///             () = ctx.stop_requested() => return Ok(()),
+///             _ = tick.tick() => { /* poll something */ }
+///         }
+///     }
+/// });
+/// let spec = WorkerSpec::new("poller", poller);
+/// # let _ = spec;
+/// ```
+#[must_use]
+pub struct LoopWorker {
+    run: LoopFn,
+    on_start: Option<LoopFn>,
+    on_stop: Option<LoopFn>,
+    auto_ready: bool,
+    cleanup_timeout: Duration,
+    task: Option<JoinHandle<()>>,
+    cleanup: Arc<Mutex<Cleanup>>,
+}
+
+impl fmt::Debug for LoopWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopWorker")
+            .field("auto_ready", &self.auto_ready)
+            .field("cleanup_timeout", &self.cleanup_timeout)
+            .field(
+                "running",
+                &self.task.as_ref().is_some_and(|t| !t.is_finished()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn boxed<F, Fut>(f: F) -> LoopFn
+where
+    F: Fn(WorkerContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    Arc::new(move |ctx| Box::pin(f(ctx)))
+}
+
+impl LoopWorker {
+    /// A loop worker running `run` (called anew for each start).
+    pub fn new<F, Fut>(run: F) -> Self
+    where
+        F: Fn(WorkerContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        Self {
+            run: boxed(run),
+            on_start: None,
+            on_stop: None,
+            auto_ready: true,
+            cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
+            task: None,
+            cleanup: Arc::new(Mutex::new(Cleanup::default())),
+        }
+    }
+
+    /// A hook run in `start` before the loop launches; an error fails the start.
+    pub fn on_start<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(WorkerContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.on_start = Some(boxed(hook));
+        self
+    }
+
+    /// A cleanup hook run after the loop ended: by `stop`, or automatically after a failure.
+    pub fn on_stop<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(WorkerContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        self.on_stop = Some(boxed(hook));
+        self
+    }
+
+    /// Whether the worker is marked ready once the loop launched (default true). Without it,
+    /// the loop calls [`WorkerContext::set_ready`] itself.
+    pub fn auto_ready(mut self, auto_ready: bool) -> Self {
+        self.auto_ready = auto_ready;
+        self
+    }
+
+    /// Bound on the automatic cleanup after a failure (default 5 s).
+    pub fn cleanup_timeout(mut self, timeout: Duration) -> Self {
+        self.cleanup_timeout = timeout;
+        self
+    }
+
+    fn cleanup_state(&self) -> std::sync::MutexGuard<'_, Cleanup> {
+        self.cleanup
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn cleanup_error(err: BoxError) -> BoxError {
+    failure::with_failure(
+        err,
+        failure::code::LOOP_CLEANUP_FAILED,
+        "loop worker cleanup failed",
+    )
+}
+
+/// The loop task: runs the loop, then classifies its exit.
+async fn run_loop(
+    run: LoopFn,
+    on_stop: Option<LoopFn>,
+    cleanup: Arc<Mutex<Cleanup>>,
+    cleanup_timeout: Duration,
+    ctx: WorkerContext,
+) {
+    let result = CatchUnwind::new(run(ctx.clone())).await;
+    let requested = ctx.is_stop_requested();
+    let failing = match result {
+        Ok(Ok(())) if requested => return,
+        Ok(Ok(())) => ops::Failing {
+            failure: Failure::loop_exited_unexpectedly(),
+            cause: None,
+            reason: ExitReason::ExitedUnexpectedly,
+            panic: false,
+        },
+        Ok(Err(err)) => ops::Failing {
+            failure: Failure::from_error(&*err, Failure::worker_failed()),
+            cause: Some(Arc::from(err)),
+            reason: ExitReason::Failed,
+            panic: false,
+        },
+        Err(payload) => {
+            let panic = PanicError::new(
+                format_args!("running loop of worker {:?}", ctx.qualified_name()),
+                &*payload,
+            );
+            ops::Failing {
+                failure: panic.failure().clone(),
+                cause: Some(Arc::new(panic)),
+                reason: ExitReason::Panicked,
+                panic: true,
+            }
+        }
+    };
+    let Ok(inner) = ctx.runtime() else { return };
+    // Failure is published before cleanup and before any stop can complete. A failure racing
+    // with a requested stop is recorded while the worker stops.
+    let _ = ops::fail(&inner, ctx.index(), ctx.incarnation(), failing);
+    if requested {
+        return;
+    }
+    let Some(hook) = on_stop else {
+        lock(&cleanup).done = true;
+        return;
+    };
+    let outcome = tokio::time::timeout(cleanup_timeout, CatchUnwind::new(hook(ctx.clone()))).await;
+    let failing = match outcome {
+        Ok(Ok(Ok(()))) => {
+            let mut state = lock(&cleanup);
+            state.done = true;
+            state.failed = false;
+            return;
+        }
+        Ok(Ok(Err(err))) => ops::Failing {
+            failure: Failure::loop_cleanup_failed(),
+            cause: Some(Arc::from(err)),
+            reason: ExitReason::Failed,
+            panic: false,
+        },
+        Err(_) => ops::Failing {
+            failure: Failure::loop_cleanup_failed(),
+            cause: None,
+            reason: ExitReason::Failed,
+            panic: false,
+        },
+        Ok(Err(payload)) => {
+            let panic = PanicError::new(
+                format_args!("cleaning up loop of worker {:?}", ctx.qualified_name()),
+                &*payload,
+            );
+            ops::Failing {
+                failure: Failure::new(
+                    failure::code::LOOP_CLEANUP_FAILED,
+                    panic.failure().message().to_owned(),
+                ),
+                cause: Some(Arc::new(panic)),
+                reason: ExitReason::Panicked,
+                panic: true,
+            }
+        }
+    };
+    lock(&cleanup).failed = true;
+    ops::observe_failure(&inner, ctx.index(), ctx.incarnation(), failing);
+}
+
+fn lock(cleanup: &Mutex<Cleanup>) -> std::sync::MutexGuard<'_, Cleanup> {
+    cleanup
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Worker for LoopWorker {
+    async fn start(&mut self, ctx: WorkerContext) -> Result<(), BoxError> {
+        if self.task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Err(failure::with_failure(
+                LoopError::Active,
+                "loop_worker_active",
+                "loop worker already active",
+            ));
+        }
+        if self.cleanup_state().failed {
+            return Err(failure::with_failure(
+                LoopError::CleanupPending,
+                failure::code::LOOP_CLEANUP_FAILED,
+                "loop worker cleanup pending",
+            ));
+        }
+        self.task = None;
+        self.cleanup_state().done = false;
+        if let Some(hook) = &self.on_start {
+            hook(ctx.clone()).await?;
+        }
+        if !self.auto_ready {
+            ctx.set_ready(false)?;
+        }
+        let task = run_loop(
+            Arc::clone(&self.run),
+            self.on_stop.clone(),
+            Arc::clone(&self.cleanup),
+            self.cleanup_timeout,
+            ctx.clone(),
+        );
+        self.task = Some(ctx.spawn_tracked(task));
+        if self.auto_ready {
+            ctx.set_ready(true)?;
+        }
+        Ok(())
+    }
+
+    async fn stop(&mut self, ctx: WorkerContext) -> Result<(), BoxError> {
+        if let Some(task) = self.task.as_mut() {
+            // If the runtime's stop timeout drops this future here, the handle stays and the
+            // next stop joins the same loop.
+            let _ = task.await;
+            self.task = None;
+        }
+        if self.cleanup_state().done {
+            return Ok(());
+        }
+        if let Some(hook) = &self.on_stop {
+            // Pending until the hook succeeds, also if it panics or its future is dropped.
+            self.cleanup_state().failed = true;
+            hook(ctx).await.map_err(cleanup_error)?;
+        }
+        let mut state = self.cleanup_state();
+        state.done = true;
+        state.failed = false;
+        Ok(())
+    }
+}
