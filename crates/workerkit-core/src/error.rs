@@ -146,6 +146,12 @@ pub enum LifecycleError {
         /// The errors, in the order met.
         errors: Vec<Self>,
     },
+    /// The operation was called outside a tokio runtime.
+    #[error("{operation} must run inside a tokio runtime")]
+    NoAsyncRuntime {
+        /// The refused operation.
+        operation: Operation,
+    },
     /// The tokio runtime shut down while the operation was running.
     #[error("{operation} was interrupted because the async runtime shut down")]
     Interrupted {
@@ -179,6 +185,7 @@ impl LifecycleError {
             Self::Reentrant { .. } => "reentrant_lifecycle_call",
             Self::ShutDown { .. } => "runtime_shut_down",
             Self::Multiple { .. } => "multiple_failures",
+            Self::NoAsyncRuntime { .. } => "no_async_runtime",
             Self::Interrupted { .. } => "interrupted",
         }
     }

@@ -189,18 +189,13 @@ impl Observers {
         self.each(|o| o.on_check_end(event));
     }
 
-    /// Awaits every observer's shutdown hook, concurrently; panics are contained.
+    /// Awaits every observer's shutdown hook in turn; panics are contained.
     pub(crate) async fn shutdown(&self) {
-        let mut set = tokio::task::JoinSet::new();
         for observer in &self.list {
-            let observer = Arc::clone(observer);
-            set.spawn(async move {
-                let fut = observer.shutdown();
-                crate::task::CatchUnwind::new(fut).await.is_ok()
-            });
-        }
-        while let Some(result) = set.join_next().await {
-            if !matches!(result, Ok(true)) {
+            if crate::task::CatchUnwind::new(observer.shutdown())
+                .await
+                .is_err()
+            {
                 self.panics.fetch_add(1, Ordering::Relaxed);
             }
         }

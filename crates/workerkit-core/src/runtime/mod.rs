@@ -84,7 +84,7 @@ impl Inner {
     pub(crate) fn flush_events(&self) {
         {
             let mut st = self.lock();
-            if st.emitting {
+            if st.emitting || st.events_pending() == 0 {
                 return;
             }
             st.emitting = true;
@@ -119,6 +119,9 @@ impl Inner {
 
     /// Waits until every event up to `seq` has been delivered.
     pub(crate) async fn delivered(&self, seq: u64) {
+        if self.observers.is_empty() {
+            return;
+        }
         let mut rx = self.delivered.subscribe();
         // The sender lives as long as `self`, so this cannot fail.
         let _ = rx.wait_for(|delivered| *delivered >= seq).await;
@@ -216,7 +219,11 @@ impl Runtime {
         observers: Vec<Arc<dyn Observer>>,
     ) -> Self {
         let name: Arc<str> = name.into();
-        let state = State::new(Arc::clone(&name), settings.readiness_policy);
+        let state = State::new(
+            Arc::clone(&name),
+            settings.readiness_policy,
+            !observers.is_empty(),
+        );
         Self {
             inner: Arc::new(Inner {
                 id: NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed),

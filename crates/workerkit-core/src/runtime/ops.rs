@@ -57,7 +57,7 @@ where
 /// before any lock is taken: user error methods may call back into the runtime.
 fn classify(
     outcome: &Outcome,
-    operation: &str,
+    operation: impl std::fmt::Display,
     timeout_reason: ExitReason,
 ) -> (Failure, Option<Cause>, ExitReason, bool) {
     match outcome {
@@ -201,7 +201,6 @@ pub(super) async fn start(
         token.clone(),
         deadline,
     );
-    let op_name = format!("starting worker {:?}", &*entry.qualified);
 
     let outcome = {
         let mut slot = entry.slot.lock().await;
@@ -286,7 +285,11 @@ pub(super) async fn start(
         return (result, None);
     }
 
-    let (failure, cause, reason, panic) = classify(&outcome, &op_name, ExitReason::StartTimedOut);
+    let (failure, cause, reason, panic) = classify(
+        &outcome,
+        format_args!("starting worker {:?}", &*entry.qualified),
+        ExitReason::StartTimedOut,
+    );
     let (cause, payload) = take_cause(outcome, cause);
     token.cancel();
     let (result, _) = inner.mutate(|st, now| {
@@ -389,7 +392,6 @@ pub(super) async fn stop(
         token,
         deadline,
     );
-    let op_name = format!("stopping worker {:?}", &*entry.qualified);
     let outcome = {
         let mut slot = entry.slot.lock().await;
         let outcome = match slot.as_mut() {
@@ -411,7 +413,11 @@ pub(super) async fn stop(
         });
         return (Ok(status), None);
     }
-    let (failure, cause, reason, panic) = classify(&outcome, &op_name, ExitReason::Failed);
+    let (failure, cause, reason, panic) = classify(
+        &outcome,
+        format_args!("stopping worker {:?}", &*entry.qualified),
+        ExitReason::Failed,
+    );
     let (cause, payload) = take_cause(outcome, cause);
     let (result, _) = inner.mutate(|st, now| {
         st.modify(idx, |rec| {

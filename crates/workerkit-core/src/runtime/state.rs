@@ -239,6 +239,8 @@ pub(crate) struct State {
     pub(crate) admission_closed: bool,
     pub(crate) shutting_down: bool,
     pub(crate) shut_down: bool,
+    /// Whether any observer is registered (events are queued only then).
+    observed: bool,
     events: VecDeque<Event>,
     next_seq: u64,
     pub(crate) emitting: bool,
@@ -246,8 +248,9 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(runtime: Arc<str>, policy: ReadinessPolicy) -> Self {
+    pub(crate) fn new(runtime: Arc<str>, policy: ReadinessPolicy, observed: bool) -> Self {
         Self {
+            observed,
             runtime,
             policy,
             workers: Vec::new(),
@@ -289,12 +292,19 @@ impl State {
     fn push(&mut self, make: impl FnOnce(u64) -> Event) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.events.push_back(make(seq));
+        // With no observer there is nobody to deliver to: keep the numbering, skip the event.
+        if self.observed {
+            self.events.push_back(make(seq));
+        }
     }
 
     /// The sequence number of the last queued event (0 if none yet).
     pub(crate) fn last_seq(&self) -> u64 {
         self.next_seq - 1
+    }
+
+    pub(crate) fn events_pending(&self) -> usize {
+        self.events.len()
     }
 
     pub(crate) fn take_events(&mut self) -> VecDeque<Event> {
