@@ -75,6 +75,7 @@ mod lifecycle;
 pub mod name;
 pub mod observe;
 mod policy;
+pub mod retry;
 mod runtime;
 pub mod signal;
 pub mod status;
