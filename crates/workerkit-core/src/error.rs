@@ -11,6 +11,34 @@ use crate::lifecycle::LifecycleState;
 use crate::name::NameError;
 use crate::observe::{Cause, Operation};
 use crate::status::ExitReason;
+use std::sync::Arc;
+
+/// A private error cause carried by an error value, shared with the observers that saw it.
+///
+/// It dereferences to the worker's own error, and the carrying error's
+/// [`source()`](std::error::Error::source) is that error itself, so callers can downcast it.
+#[derive(Clone, Debug)]
+pub struct SharedCause(Cause);
+
+impl SharedCause {
+    pub(crate) fn new(cause: Cause) -> Self {
+        Self(cause)
+    }
+
+    /// The shared error.
+    #[must_use]
+    pub fn as_arc(&self) -> &Arc<dyn std::error::Error + Send + Sync + 'static> {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SharedCause {
+    type Target = dyn std::error::Error + Send + Sync + 'static;
+
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
+}
 
 /// An invalid runtime configuration, from [`RuntimeBuilder::build`](crate::RuntimeBuilder::build).
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +142,7 @@ pub enum LifecycleError {
         reason: ExitReason,
         /// The private cause.
         #[source]
-        cause: Option<Cause>,
+        cause: Option<SharedCause>,
     },
     /// The worker's stop failed (error, timeout or panic); the worker is now `failed`.
     #[error("worker {worker:?} failed to stop: {failure}")]
@@ -125,11 +153,16 @@ pub enum LifecycleError {
         failure: Failure,
         /// The private cause.
         #[source]
-        cause: Option<Cause>,
+        cause: Option<SharedCause>,
     },
-    /// A lifecycle operation was called from inside another one (from a worker's `start` or
-    /// `stop`, or from an observer), which would deadlock on the lifecycle gate.
-    #[error("{operation} called from inside a lifecycle operation of the same runtime")]
+    /// A lifecycle operation was called where waiting for it would deadlock: from inside another
+    /// one (a worker's `start` or `stop`, or an observer called during one), or from a loop
+    /// worker's own loop when the operation would stop that worker (`stop` of itself, `stop_all`,
+    /// `shutdown`). A loop that wants its worker gone returns from the loop (an error fails the
+    /// worker) or reports a failure.
+    #[error(
+        "{operation} refused: waiting for it here would deadlock (called inside a lifecycle operation, or from the loop it would stop)"
+    )]
     Reentrant {
         /// The operation that was refused.
         operation: Operation,

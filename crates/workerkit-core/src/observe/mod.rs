@@ -137,6 +137,7 @@ impl Event {
 pub(crate) struct Observers {
     list: Vec<Arc<dyn Observer>>,
     panics: AtomicU64,
+    shut_down: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Observers {
@@ -153,6 +154,7 @@ impl Observers {
         Self {
             list,
             panics: AtomicU64::new(0),
+            shut_down: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -189,15 +191,38 @@ impl Observers {
         self.each(|o| o.on_check_end(event));
     }
 
-    /// Awaits every observer's shutdown hook in turn; panics are contained.
+    /// Awaits every observer's shutdown hook concurrently, once per runtime (later calls do
+    /// nothing); panics are contained and counted.
     pub(crate) async fn shutdown(&self) {
-        for observer in &self.list {
-            if crate::task::CatchUnwind::new(observer.shutdown())
-                .await
-                .is_err()
-            {
-                self.panics.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let mut hooks: Vec<Option<_>> = self
+            .list
+            .iter()
+            .map(|observer| Some(crate::task::CatchUnwind::new(observer.shutdown())))
+            .collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for slot in &mut hooks {
+                if let Some(hook) = slot {
+                    match std::pin::Pin::new(hook).poll(cx) {
+                        std::task::Poll::Ready(result) => {
+                            if result.is_err() {
+                                self.panics.fetch_add(1, Ordering::Relaxed);
+                            }
+                            *slot = None;
+                        }
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(())
+            }
+        })
+        .await;
     }
 }

@@ -32,6 +32,9 @@ use state::WorkerConfig;
 tokio::task_local! {
     /// The id of the runtime whose lifecycle operation this task is running.
     static LIFECYCLE_OF: u64;
+    /// `(runtime id, worker index)` of the loop task running in this task: a stop of that worker
+    /// waits for this task, so this task must not wait for such a stop.
+    pub(crate) static LOOP_OF: (u64, usize);
 }
 
 static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
@@ -89,10 +92,16 @@ impl Inner {
             }
             st.emitting = true;
         }
+        /// Hands the delivery role back if delivery unwinds. On the normal path the loop below
+        /// hands it back under the same lock hold that found the queue empty: resetting it again
+        /// afterwards could clear the flag of a thread that has taken the role meanwhile, and
+        /// let two threads deliver at once, out of order.
         struct Reset<'a>(&'a Inner);
         impl Drop for Reset<'_> {
             fn drop(&mut self) {
-                self.0.lock().emitting = false;
+                if std::thread::panicking() {
+                    self.0.lock().emitting = false;
+                }
             }
         }
         let _reset = Reset(self);
@@ -380,6 +389,8 @@ impl Runtime {
         let st = self.inner.lock();
         let reason = if st.ready {
             "runtime ready".to_owned()
+        } else if st.shut_down {
+            format!("runtime not ready: state={} (shut down)", st.runtime_state)
         } else if st.shutting_down {
             format!(
                 "runtime not ready: state={} (shutting down)",
@@ -468,18 +479,47 @@ impl Runtime {
     /// future (so dropping it before the gate is won does nothing), then runs `body` to
     /// completion in a tracked task (so dropping it afterwards does not leave a half-done
     /// transition).
-    async fn gated<T, F, Fut>(&self, operation: Operation, body: F) -> Result<T, LifecycleError>
+    /// Refuses calls that would deadlock: from inside a lifecycle operation of this runtime, or
+    /// from a worker's own loop task when the operation would stop that worker (`stops`: the
+    /// worker index, or `usize::MAX` for every worker). Also refuses calls outside tokio.
+    fn check_callable(
+        &self,
+        operation: Operation,
+        stops: Option<usize>,
+    ) -> Result<(), LifecycleError> {
+        let id = self.inner.id;
+        if LIFECYCLE_OF
+            .try_with(|current| *current == id)
+            .unwrap_or(false)
+        {
+            return Err(LifecycleError::Reentrant { operation });
+        }
+        if let Some(target) = stops {
+            let own_loop = LOOP_OF
+                .try_with(|(rt, idx)| *rt == id && (target == usize::MAX || *idx == target))
+                .unwrap_or(false);
+            if own_loop {
+                return Err(LifecycleError::Reentrant { operation });
+            }
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(LifecycleError::NoAsyncRuntime { operation });
+        }
+        Ok(())
+    }
+
+    async fn gated<T, F, Fut>(
+        &self,
+        operation: Operation,
+        stops: Option<usize>,
+        body: F,
+    ) -> Result<T, LifecycleError>
     where
         T: Send + 'static,
         F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, LifecycleError>> + Send + 'static,
     {
-        if LIFECYCLE_OF
-            .try_with(|id| *id == self.inner.id)
-            .unwrap_or(false)
-        {
-            return Err(LifecycleError::Reentrant { operation });
-        }
+        self.check_callable(operation, stops)?;
         let permit = Arc::clone(&self.inner.gate)
             .acquire_owned()
             .await
@@ -519,7 +559,7 @@ impl Runtime {
     /// start is resumed here after the bookkeeping.
     pub async fn start(&self, worker: &str) -> Result<WorkerStatus, LifecycleError> {
         let idx = self.inner.resolve(worker)?;
-        self.gated(Operation::Start, move |inner| async move {
+        self.gated(Operation::Start, None, move |inner| async move {
             ops::single(&inner, Operation::Start, idx).await
         })
         .await
@@ -540,7 +580,7 @@ impl Runtime {
     /// [`Reentrant`](LifecycleError::Reentrant).
     pub async fn drain(&self, worker: &str) -> Result<WorkerStatus, LifecycleError> {
         let idx = self.inner.resolve(worker)?;
-        self.gated(Operation::Drain, move |inner| async move {
+        self.gated(Operation::Drain, None, move |inner| async move {
             ops::single(&inner, Operation::Drain, idx).await
         })
         .await
@@ -560,7 +600,7 @@ impl Runtime {
     /// [`Reentrant`](LifecycleError::Reentrant).
     pub async fn stop(&self, worker: &str) -> Result<WorkerStatus, LifecycleError> {
         let idx = self.inner.resolve(worker)?;
-        self.gated(Operation::Stop, move |inner| async move {
+        self.gated(Operation::Stop, Some(idx), move |inner| async move {
             ops::single(&inner, Operation::Stop, idx).await
         })
         .await
@@ -579,7 +619,7 @@ impl Runtime {
     /// The first worker's [`LifecycleError`], or [`Reentrant`](LifecycleError::Reentrant) /
     /// [`ShutDown`](LifecycleError::ShutDown).
     pub async fn start_all(&self) -> Result<(), LifecycleError> {
-        self.gated(Operation::StartAll, |inner| async move {
+        self.gated(Operation::StartAll, None, |inner| async move {
             ops::start_all(&inner).await
         })
         .await
@@ -596,7 +636,7 @@ impl Runtime {
     ///
     /// [`Reentrant`](LifecycleError::Reentrant).
     pub async fn drain_all(&self) -> Result<(), LifecycleError> {
-        self.gated(Operation::DrainAll, |inner| async move {
+        self.gated(Operation::DrainAll, None, |inner| async move {
             ops::drain_all(&inner);
             Ok(())
         })
@@ -615,7 +655,7 @@ impl Runtime {
     /// One worker's [`StopFailed`](LifecycleError::StopFailed), or
     /// [`Multiple`](LifecycleError::Multiple) for several.
     pub async fn stop_all(&self) -> Result<(), LifecycleError> {
-        self.gated(Operation::StopAll, |inner| async move {
+        self.gated(Operation::StopAll, Some(usize::MAX), |inner| async move {
             ops::stop_all(&inner).await
         })
         .await
@@ -659,9 +699,18 @@ impl Runtime {
         &self,
         options: ShutdownOptions,
     ) -> Result<ShutdownReport, ShutdownError> {
-        self.gated(Operation::Shutdown, move |inner| async move {
-            Ok(ops::shutdown(&inner, options).await)
-        })
+        self.check_callable(Operation::Shutdown, Some(usize::MAX))?;
+        // Readiness goes false and registration closes now, before waiting for the gate (a slow
+        // start may hold it): the shutdown has been asked for.
+        self.inner.mutate(|st, _| {
+            st.shutting_down = true;
+            st.admission_closed = true;
+        });
+        self.gated(
+            Operation::Shutdown,
+            Some(usize::MAX),
+            move |inner| async move { Ok(ops::shutdown(&inner, options).await) },
+        )
         .await?
     }
 }

@@ -309,7 +309,9 @@ pub(super) async fn start(
         });
         st.transition(idx, LifecycleState::Failed, now);
         st.set_ready(idx, false, now);
-        if !reported {
+        // One failure event per start failure; a panic is always reported (it is news even
+        // after a failure the worker reported itself).
+        if !reported || panic {
             st.failure_event(idx, incarnation, &failure, cause.clone(), panic, true, now);
         }
         st.workers[idx].entry.exit.send_replace(Some(exit));
@@ -317,7 +319,7 @@ pub(super) async fn start(
             worker: st.workers[idx].entry.qualified.to_string(),
             failure: failure.clone(),
             reason,
-            cause: cause.clone(),
+            cause: cause.clone().map(crate::error::SharedCause::new),
         })
     });
     let payload = payload.filter(|_| config.panic_policy == PanicPolicy::Propagate);
@@ -429,7 +431,7 @@ pub(super) async fn stop(
         Err(LifecycleError::StopFailed {
             worker: st.workers[idx].entry.qualified.to_string(),
             failure: failure.clone(),
-            cause: cause.clone(),
+            cause: cause.clone().map(crate::error::SharedCause::new),
         })
     });
     let payload = payload.filter(|_| config.panic_policy == PanicPolicy::Propagate);

@@ -28,6 +28,7 @@ pub struct WorkerContext {
     incarnation: u64,
     token: CancellationToken,
     deadline: Option<Instant>,
+    has_check: bool,
 }
 
 impl fmt::Debug for WorkerContext {
@@ -58,7 +59,13 @@ impl WorkerContext {
             incarnation,
             token,
             deadline,
+            has_check: entry.check.is_some(),
         }
+    }
+
+    /// Whether the worker has a readiness check (which then decides its readiness).
+    pub(crate) fn has_readiness_check(&self) -> bool {
+        self.has_check
     }
 
     pub(crate) fn without_deadline(&self) -> Self {
@@ -152,14 +159,18 @@ impl WorkerContext {
         }
     }
 
-    /// Spawns a tracked task that is *not* dropped at the stop signal (for the loop worker).
-    pub(crate) fn spawn_tracked<F>(&self, future: F) -> JoinHandle<F::Output>
+    /// Spawns the loop task of a loop worker: tracked, *not* dropped at the stop signal, and
+    /// marked so that lifecycle calls from it that would wait for it are refused.
+    pub(crate) fn spawn_loop<F>(&self, future: F) -> JoinHandle<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         match self.inner.upgrade() {
-            Some(inner) => crate::task::spawn(&inner.tracker, future),
+            Some(inner) => {
+                let scoped = crate::runtime::LOOP_OF.scope((inner.id, self.idx), future);
+                crate::task::spawn(&inner.tracker, scoped)
+            }
             None => crate::task::spawn(&tokio_util::task::TaskTracker::new(), future),
         }
     }

@@ -49,6 +49,9 @@ struct Cleanup {
 ///   panics fails the worker; its panic is caught and goes through the worker's panic policy.
 ///   The cleanup hook then runs once automatically (bounded by the cleanup timeout); if it fails,
 ///   the worker cannot start again until a `stop` retried the cleanup successfully.
+/// - A `stop` that times out leaves the loop running and the cleanup pending: a restart is
+///   refused (`loop_worker_active` while the loop lives, then `loop_cleanup_failed`) until a
+///   later `stop` has joined the loop and run the hook.
 ///
 /// ```
 /// use std::time::Duration;
@@ -137,7 +140,8 @@ impl LoopWorker {
     }
 
     /// Whether the worker is marked ready once the loop launched (default true). Without it,
-    /// the loop calls [`WorkerContext::set_ready`] itself.
+    /// the loop calls [`WorkerContext::set_ready`] itself. A worker with a
+    /// [`ReadinessCheck`](crate::ReadinessCheck) is never auto-ready: the check decides.
     pub fn auto_ready(mut self, auto_ready: bool) -> Self {
         self.auto_ready = auto_ready;
         self
@@ -282,29 +286,44 @@ impl Worker for LoopWorker {
         if !self.auto_ready {
             ctx.set_ready(false)?;
         }
+        // The loop outlives the start call: its context does not carry the start's deadline.
         let task = run_loop(
             Arc::clone(&self.run),
             self.on_stop.clone(),
             Arc::clone(&self.cleanup),
             self.cleanup_timeout,
-            ctx.clone(),
+            ctx.without_deadline(),
         );
-        self.task = Some(ctx.spawn_tracked(task));
-        if self.auto_ready {
+        self.task = Some(ctx.spawn_loop(task));
+        // A readiness check, when the worker has one, decides readiness instead.
+        if self.auto_ready && !ctx.has_readiness_check() {
             ctx.set_ready(true)?;
         }
         Ok(())
     }
 
     async fn stop(&mut self, ctx: WorkerContext) -> Result<(), BoxError> {
+        {
+            // Pending from here until the hook succeeds: if the runtime's stop timeout drops
+            // this future while it joins the loop, a later start must not skip the cleanup.
+            let mut state = self.cleanup_state();
+            if self.on_stop.is_some() && !state.done {
+                state.failed = true;
+            }
+        }
         if let Some(task) = self.task.as_mut() {
             // If the runtime's stop timeout drops this future here, the handle stays and the
             // next stop joins the same loop.
             let _ = task.await;
             self.task = None;
         }
-        if self.cleanup_state().done {
-            return Ok(());
+        {
+            let mut state = self.cleanup_state();
+            if state.done {
+                // The automatic cleanup may have finished while this stop marked it pending.
+                state.failed = false;
+                return Ok(());
+            }
         }
         if let Some(hook) = &self.on_stop {
             // Pending until the hook succeeds, also if it panics or its future is dropped.
