@@ -247,7 +247,8 @@ impl LifecycleError {
 }
 
 /// A worker that a shutdown could not stop cleanly.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct Unfinished {
     /// The qualified worker name.
@@ -258,8 +259,9 @@ pub struct Unfinished {
     pub failure: Failure,
 }
 
-/// What a graceful shutdown did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a graceful shutdown did. JSON: camelCase, `elapsed` in seconds (a float).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct ShutdownReport {
     /// Workers stopped by this shutdown, in stop order.
@@ -268,8 +270,16 @@ pub struct ShutdownReport {
     pub abandoned_in_flight: usize,
     /// Whether the drain and idle-wait budget ran out.
     pub deadline_exceeded: bool,
+    /// Worker tasks (loops, checks, spawned tasks) still running when the shutdown returned:
+    /// code that ignored its stop signal past the stop budget.
+    pub lingering_tasks: usize,
     /// How long the shutdown took (tokio clock).
+    #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
 }
 
 /// A graceful shutdown finished, but not cleanly.

@@ -69,6 +69,11 @@
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
+/// The root README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
+
 pub mod error;
 pub mod failure;
 mod lifecycle;
@@ -87,6 +92,7 @@ mod worker;
 
 pub use error::LifecycleError;
 pub use lifecycle::{LifecycleState, ParseEnumError};
+pub use observe::Observer;
 pub use policy::{FailurePolicy, PanicPolicy, ReadinessPolicy};
 pub use runtime::{
     DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_START_TIMEOUT,

@@ -15,7 +15,7 @@ pub enum SignalKind {
 
 impl fmt::Display for SignalKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Self::Interrupt => "SIGINT",
             Self::Terminate => "SIGTERM",
         })

@@ -97,7 +97,8 @@ pub struct Exit {
 
 /// A snapshot of the runtime's aggregate status.
 ///
-/// JSON: `{"name","state","ready","inFlight","workers","lastTransition"?,"shuttingDown"}`.
+/// JSON: `{"name","state","ready","inFlight","workers","lastTransition"?,"shuttingDown",
+/// "shutDown"}`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
@@ -115,8 +116,10 @@ pub struct RuntimeStatus {
     /// The last change of the aggregate state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_transition: Option<Transition>,
-    /// Whether a graceful shutdown has begun.
+    /// Whether a graceful shutdown has been asked for (it stays true afterwards).
     pub shutting_down: bool,
+    /// Whether a graceful shutdown has finished: the runtime is terminal.
+    pub shut_down: bool,
 }
 
 /// A snapshot of one worker's status.
@@ -178,6 +181,23 @@ pub enum ReadinessImpact {
     Blocking,
     /// It is listed but does not block.
     NonBlocking,
+}
+
+impl ReadinessImpact {
+    /// The wire name (`blocking`, `non_blocking`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Blocking => "blocking",
+            Self::NonBlocking => "non_blocking",
+        }
+    }
+}
+
+impl std::fmt::Display for ReadinessImpact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// One worker's line in a [`Readiness`] report.

@@ -804,8 +804,7 @@ async fn error_exit_fails_the_worker_and_runs_cleanup() {
 
 #[tokio::test(start_paused = true)]
 async fn stop_waits_for_the_automatic_cleanup() {
-    // Go: StopWaitsForFailureCleanup. In Rust a start during the cleanup fails at once with
-    // `loop_worker_active` instead of blocking until its deadline.
+    // Go: StopWaitsForFailureCleanup.
     let rt = runtime(&RecordingObserver::new());
     let loops = Loops::new();
     let hooks = Hooks::new([(Duration::from_secs(2), HookStep::Ok)]);
@@ -821,9 +820,6 @@ async fn stop_waits_for_the_automatic_cleanup() {
     hooks.calls.reached(1).await;
     let cleanup_began = Instant::now();
 
-    let err = rt.start("w").await.unwrap_err();
-    assert_eq!(err.failure().unwrap().code(), "loop_worker_active");
-
     rt.stop("w").await.unwrap();
     assert_eq!(
         cleanup_began.elapsed(),
@@ -835,6 +831,32 @@ async fn stop_waits_for_the_automatic_cleanup() {
 
     rt.start("w").await.unwrap();
     assert_eq!(state(&rt, "w"), LifecycleState::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_during_the_automatic_cleanup_waits_for_it() {
+    // Go blocks such a start until its deadline; here the start waits for the cleanup (bounded
+    // by the cleanup timeout) and then starts the next incarnation. The hook ran only once.
+    let rt = runtime(&RecordingObserver::new());
+    let loops = Loops::new();
+    let hooks = Hooks::new([(Duration::from_secs(2), HookStep::Ok)]);
+    rt.register(WorkerSpec::new(
+        "w",
+        hooks.attach(scripted_loop(
+            &loops,
+            End::ErrAfter(Duration::from_secs(1), "poll_failed"),
+        )),
+    ))
+    .unwrap();
+    rt.start("w").await.unwrap();
+    hooks.calls.reached(1).await;
+    let cleanup_began = Instant::now();
+
+    let status = rt.start("w").await.unwrap();
+    assert_eq!(cleanup_began.elapsed(), Duration::from_secs(2));
+    assert_eq!(status.state, LifecycleState::Running);
+    assert_eq!(status.incarnation, 2);
+    assert_eq!(hooks.calls.get(), 1);
 }
 
 #[tokio::test(start_paused = true)]

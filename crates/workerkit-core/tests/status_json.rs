@@ -75,6 +75,7 @@ async fn runtime_status_json_has_camel_case_keys_and_omits_an_empty_transition()
             "inFlight": 0,
             "workers": 0,
             "shuttingDown": false,
+            "shutDown": false,
         })
     );
 
@@ -93,7 +94,8 @@ async fn runtime_status_json_has_camel_case_keys_and_omits_an_empty_transition()
             "inFlight",
             "workers",
             "lastTransition",
-            "shuttingDown"
+            "shuttingDown",
+            "shutDown"
         ])
     );
     assert_eq!(value["state"], "running");

@@ -55,7 +55,10 @@ pub(crate) struct Inner {
     delivered: watch::Sender<u64>,
     /// The runtime-wide in-flight command count, for idle waits.
     pub(crate) in_flight: watch::Sender<usize>,
+    /// Tasks of workers: loops, readiness checks, `WorkerContext::spawn`. Shutdown waits for them.
     pub(crate) tracker: TaskTracker,
+    /// Tasks running lifecycle operations.
+    pub(crate) ops_tracker: TaskTracker,
 }
 
 impl Inner {
@@ -127,13 +130,20 @@ impl Inner {
     }
 
     /// Waits until every event up to `seq` has been delivered.
+    ///
+    /// Bounded by the observer flush timeout: an observer that blocks (against its contract)
+    /// delays lifecycle operations by at most that much when another thread is delivering.
     pub(crate) async fn delivered(&self, seq: u64) {
         if self.observers.is_empty() {
             return;
         }
         let mut rx = self.delivered.subscribe();
-        // The sender lives as long as `self`, so this cannot fail.
-        let _ = rx.wait_for(|delivered| *delivered >= seq).await;
+        // The sender lives as long as `self`, so the wait cannot fail; it can only time out.
+        let _ = tokio::time::timeout(
+            self.settings.observer_flush_timeout,
+            rx.wait_for(|delivered| *delivered >= seq),
+        )
+        .await;
     }
 
     pub(crate) fn qualified(&self, local: &str) -> String {
@@ -246,6 +256,7 @@ impl Runtime {
                 delivered: watch::Sender::new(0),
                 in_flight: watch::Sender::new(0),
                 tracker: TaskTracker::new(),
+                ops_tracker: TaskTracker::new(),
             }),
         }
     }
@@ -527,7 +538,7 @@ impl Runtime {
         let inner = Arc::clone(&self.inner);
         let id = inner.id;
         let task = crate::task::spawn(
-            &self.inner.tracker,
+            &self.inner.ops_tracker,
             LIFECYCLE_OF.scope(id, async move {
                 let _permit = permit;
                 body(inner).await

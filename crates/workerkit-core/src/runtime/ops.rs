@@ -617,6 +617,11 @@ pub(super) async fn shutdown(
     let stop_deadline = deadline.max(Instant::now() + options.stop_grace);
     let (stopped, errors, payload) = stop_every(inner, Some(stop_deadline)).await;
     inner.mutate(|st, _| st.shut_down = true);
+    // Every worker task (loops, checks, `WorkerContext::spawn`) should be gone once its worker
+    // stopped; wait for stragglers within what is left of the stop budget, and report the rest.
+    inner.tracker.close();
+    let _ = tokio::time::timeout_at(stop_deadline, inner.tracker.wait()).await;
+    let lingering = inner.tracker.len();
 
     let unfinished: Vec<Unfinished> = errors
         .iter()
@@ -630,6 +635,7 @@ pub(super) async fn shutdown(
         stopped,
         abandoned_in_flight: abandoned,
         deadline_exceeded: !idle,
+        lingering_tasks: lingering,
         elapsed: began.elapsed(),
     };
     let result = if unfinished.is_empty() && idle {

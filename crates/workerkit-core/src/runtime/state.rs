@@ -460,6 +460,7 @@ impl State {
             workers: self.workers.len(),
             last_transition: self.last_transition.clone(),
             shutting_down: self.shutting_down,
+            shut_down: self.shut_down,
         }
     }
 

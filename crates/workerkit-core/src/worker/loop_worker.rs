@@ -37,6 +37,8 @@ struct Cleanup {
     done: bool,
     /// A cleanup attempt failed and no later one succeeded.
     failed: bool,
+    /// The loop function of the current run has returned (its task may still be cleaning up).
+    exited: bool,
 }
 
 /// A worker that runs a loop in its own task until asked to stop.
@@ -177,6 +179,7 @@ async fn run_loop(
     ctx: WorkerContext,
 ) {
     let result = CatchUnwind::new(run(ctx.clone())).await;
+    lock(&cleanup).exited = true;
     let requested = ctx.is_stop_requested();
     let failing = match result {
         Ok(Ok(())) if requested => return,
@@ -264,6 +267,13 @@ fn lock(cleanup: &Mutex<Cleanup>) -> std::sync::MutexGuard<'_, Cleanup> {
 
 impl Worker for LoopWorker {
     async fn start(&mut self, ctx: WorkerContext) -> Result<(), BoxError> {
+        if let Some(task) = self.task.as_mut().filter(|t| !t.is_finished()) {
+            if lock(&self.cleanup).exited {
+                // The previous loop has returned and its automatic cleanup is still running
+                // (bounded by the cleanup timeout): wait for it rather than refuse.
+                let _ = task.await;
+            }
+        }
         if self.task.as_ref().is_some_and(|t| !t.is_finished()) {
             return Err(failure::with_failure(
                 LoopError::Active,
@@ -279,7 +289,11 @@ impl Worker for LoopWorker {
             ));
         }
         self.task = None;
-        self.cleanup_state().done = false;
+        {
+            let mut state = self.cleanup_state();
+            state.done = false;
+            state.exited = false;
+        }
         if let Some(hook) = &self.on_start {
             hook(ctx.clone()).await?;
         }
