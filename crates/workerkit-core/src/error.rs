@@ -47,7 +47,8 @@ pub enum BuildError {
     /// The runtime name is invalid.
     #[error("invalid runtime identity: {0}")]
     InvalidName(#[from] NameError),
-    /// A duration setting was zero; use the matching `no_*` setter to disable a timeout.
+    /// A duration or limit setting was zero; use the matching `no_*` setter to disable a
+    /// timeout.
     #[error("{setting} must not be zero")]
     ZeroDuration {
         /// The setting's name.
@@ -79,13 +80,29 @@ pub enum RegisterError {
         /// The qualified worker name.
         worker: String,
     },
+    /// A command's name is invalid.
+    #[error("worker {worker:?}: {error}")]
+    InvalidCommandName {
+        /// The qualified worker name.
+        worker: String,
+        /// What is wrong with the name.
+        error: NameError,
+    },
+    /// Two commands of the worker have the same name.
+    #[error("command already registered: {worker}/{command}")]
+    CommandAlreadyRegistered {
+        /// The qualified worker name.
+        worker: String,
+        /// The command name.
+        command: String,
+    },
     /// The runtime is shutting down or shut down.
     #[error("runtime {runtime:?} is shutting down; registration is closed")]
     ShuttingDown {
         /// The runtime's name.
         runtime: String,
     },
-    /// A duration setting was zero.
+    /// A duration or limit setting was zero.
     #[error("worker {worker:?}: {setting} must not be zero")]
     ZeroDuration {
         /// The qualified worker name.
@@ -102,6 +119,8 @@ impl RegisterError {
         match self {
             Self::InvalidName(_) => "invalid_name",
             Self::AlreadyRegistered { .. } => "worker_already_registered",
+            Self::InvalidCommandName { .. } => "invalid_command_name",
+            Self::CommandAlreadyRegistered { .. } => "command_already_registered",
             Self::ShuttingDown { .. } => "runtime_shutting_down",
             Self::ZeroDuration { .. } => "invalid_config",
         }

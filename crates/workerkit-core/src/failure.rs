@@ -149,6 +149,9 @@ fn project(err: &(dyn StdError + 'static)) -> Option<Failure> {
         if let Some(p) = e.downcast_ref::<PanicError>() {
             return Some(p.failure.clone());
         }
+        if let Some(p) = e.downcast_ref::<crate::command::PayloadError>() {
+            return Some(p.failure());
+        }
         if e.is::<tokio::time::error::Elapsed>() {
             return Some(Failure::deadline_exceeded());
         }

@@ -74,6 +74,7 @@
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 
+pub mod command;
 pub mod error;
 pub mod failure;
 mod lifecycle;
@@ -90,14 +91,15 @@ pub mod test_util;
 mod time;
 mod worker;
 
+pub use command::{CommandRequest, CommandResponse, CommandSpec, handler_fn};
 pub use error::LifecycleError;
 pub use lifecycle::{LifecycleState, ParseEnumError};
 pub use observe::Observer;
 pub use policy::{FailurePolicy, PanicPolicy, ReadinessPolicy};
 pub use runtime::{
-    DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_START_TIMEOUT,
-    DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT, Runtime, RuntimeBuilder, ShutdownOptions,
-    StatusWatch,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT, Runtime, RuntimeBuilder,
+    ShutdownOptions, StatusWatch,
 };
 pub use status::ExitReason;
 pub use time::Timestamp;

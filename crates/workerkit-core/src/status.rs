@@ -42,6 +42,21 @@ impl FailureRecord {
     }
 }
 
+/// The public record of a command's failure.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct CommandFailureRecord {
+    /// The command.
+    pub command: String,
+    /// The stable code (omitted from JSON when empty).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub code: String,
+    /// The safe message.
+    pub message: String,
+    /// When it was recorded.
+    pub at: Timestamp,
+}
+
 /// Why a worker's incarnation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -137,8 +152,10 @@ pub struct WorkerStatus {
     pub ready: bool,
     /// Whether the runtime may admit commands to it.
     pub accepting_work: bool,
-    /// Commands in flight on this worker.
+    /// Commands in flight on this worker (every incarnation).
     pub in_flight: usize,
+    /// Dispatches waiting for a concurrency slot.
+    pub waiting: usize,
     /// The current (or last) incarnation: 0 before the first start, then 1, 2, ...
     pub incarnation: u64,
     /// Whether the worker counts towards runtime readiness.
@@ -151,6 +168,9 @@ pub struct WorkerStatus {
     /// The last lifecycle failure (kept after a stop, cleared by a successful start).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<FailureRecord>,
+    /// The last command failure of the current incarnation (kept across restarts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_command_failure: Option<CommandFailureRecord>,
     /// How the last incarnation ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<Exit>,

@@ -329,3 +329,32 @@ async fn reentrancy_errors_name_the_refused_operation() {
     .unwrap();
     rt.start("w").await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_loop_worker_restarts_right_after_a_reported_failure_while_its_loop_winds_down() {
+    let rt = Runtime::builder("rt").build().unwrap();
+    rt.register(WorkerSpec::new(
+        "w",
+        LoopWorker::new(|ctx| async move {
+            if ctx.incarnation() == 1 {
+                let reporter = ctx.clone();
+                ctx.spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = reporter.report_failure(std::io::Error::other("lost the broker"));
+                });
+            }
+            ctx.stop_requested().await;
+            // Winding down takes a while after the stop signal.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(())
+        }),
+    ))
+    .unwrap();
+    rt.start("w").await.unwrap();
+    assert_eq!(rt.wait_exit("w").await.unwrap().reason, ExitReason::Failed);
+    let status = rt.start("w").await.unwrap();
+    assert_eq!(
+        (status.state, status.incarnation),
+        (LifecycleState::Running, 2)
+    );
+}

@@ -114,7 +114,8 @@ fn poller() -> LoopWorker {
     })
 }
 
-/// Consumes from a simulated broker whose connection drops every [`OUTAGE_EVERY`].
+/// Consumes from a simulated broker whose connection drops every [`OUTAGE_EVERY`]. Its readiness
+/// check decides its readiness (a worker with a check is never auto-ready).
 fn subscriber(connected: &Arc<AtomicBool>) -> LoopWorker {
     let connected = Arc::clone(connected);
     LoopWorker::new(move |ctx: WorkerContext| {
@@ -138,8 +139,6 @@ fn subscriber(connected: &Arc<AtomicBool>) -> LoopWorker {
             Ok(())
         }
     })
-    // The readiness check decides readiness; the loop does not mark itself ready.
-    .auto_ready(false)
 }
 
 /// Compacts every [`COMPACT_EVERY`]; at stop, finishes the current compaction first.

@@ -7,7 +7,7 @@
 //! - `mark_runtime_unready`: the runtime is not ready while the worker is failed (even though
 //!   the worker does not contribute), but stays live;
 //! - `fail_runtime`: the runtime's state becomes `failed`: not ready and not live, so a
-//!   liveness probe restarts the process. A manual `stop` + `start` recovers it here.
+//!   liveness probe restarts the process. A manual `start` recovers it here.
 //!
 //! Then panics: under `recover` (the default) a panicking loop is caught and fails only its
 //! worker, with exit reason `panicked`; under `propagate` a panic with no caller to resume on
@@ -148,9 +148,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
         "   flaky lastFailure: {}",
         serde_json::to_string(&flaky.status.last_failure)?
     );
-    // The runtime never restarts a failed worker. Recovery is a manual stop (which waits for
-    // the loop and runs its cleanup), then a start: a new incarnation.
-    runtime.stop("flaky").await?;
+    // The runtime never restarts a failed worker. Its loop failed, so a manual start recovers it
+    // (a new incarnation), even right after `wait_exit`: a `LoopWorker`'s start first waits for
+    // the failed loop's automatic cleanup, if that is still running.
     let status = runtime.start("flaky").await?;
     println!(
         "   restarted flaky: incarnation {} is {}",

@@ -57,7 +57,8 @@ async fn wait_ready(runtime: &Runtime, ready: bool) -> Result<(), Box<dyn Error>
     Ok(())
 }
 
-/// A loop that idles until asked to stop; the readiness check reports its health.
+/// A loop that idles until asked to stop; the readiness check reports its health. A worker
+/// with a readiness check is never auto-ready: the check alone decides.
 fn subscriber_loop(connected: &Arc<AtomicBool>) -> LoopWorker {
     let connected = Arc::clone(connected);
     LoopWorker::new(move |ctx| {
@@ -70,8 +71,6 @@ fn subscriber_loop(connected: &Arc<AtomicBool>) -> LoopWorker {
             Ok(())
         }
     })
-    // With a readiness check, the check decides readiness: do not mark ready at start.
-    .auto_ready(false)
 }
 
 /// A maintenance loop that never says it is ready.

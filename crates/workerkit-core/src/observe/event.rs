@@ -66,9 +66,15 @@ pub struct FailureEvent {
     pub failure: Failure,
     /// Whether it was a panic.
     pub panic: bool,
-    /// Whether the failure changed the worker's lifecycle (a cleanup failure, or a failure
-    /// reported while starting or stopping, does not).
+    /// Whether the failure changed the worker's lifecycle (a cleanup failure, a command
+    /// failure, or a failure reported while starting or stopping, does not).
     pub lifecycle_changed: bool,
+    /// The command, for command failures.
+    pub command: Option<Arc<str>>,
+    /// The dispatch, for command failures.
+    pub dispatch_id: Option<crate::command::DispatchId>,
+    /// The 1-based attempt, for command failures (0 otherwise).
+    pub attempt: u32,
     /// The private cause. Never log it in public fields.
     pub cause: Option<Cause>,
     /// When it happened.
@@ -223,6 +229,89 @@ pub struct CheckEndEvent {
     pub duration: Duration,
 }
 
+/// How a dispatch ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CommandOutcome {
+    /// The handler succeeded.
+    Succeeded,
+    /// Rejected before admission (0 attempts): not accepting, wrong state, saturated.
+    Rejected,
+    /// The handler's last attempt returned an error.
+    Failed,
+    /// The last attempt ran out of time.
+    TimedOut,
+    /// The handler panicked.
+    Panicked,
+    /// Cancelled by id or by its worker's stop.
+    Cancelled,
+    /// The caller dropped the dispatch future; the handler was dropped with it.
+    Abandoned,
+}
+
+impl CommandOutcome {
+    /// The wire name (`succeeded`, `failed`, ...).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Panicked => "panicked",
+            Self::Cancelled => "cancelled",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// A dispatch to a resolved command began (before admission).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CommandStartEvent {
+    /// The runtime's name.
+    pub runtime: Arc<str>,
+    /// The qualified worker name (registration-owned, never the caller's string).
+    pub worker: Arc<str>,
+    /// The command name (registration-owned).
+    pub command: Arc<str>,
+    /// The dispatch id.
+    pub dispatch_id: crate::command::DispatchId,
+    /// The request's metadata (e.g. `traceparent`).
+    pub metadata: crate::command::Metadata,
+    /// When the dispatch began.
+    pub started_at: Timestamp,
+}
+
+/// A dispatch ended. Exactly one per [`CommandStartEvent`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct CommandEndEvent {
+    /// The runtime's name.
+    pub runtime: Arc<str>,
+    /// The qualified worker name.
+    pub worker: Arc<str>,
+    /// The command name.
+    pub command: Arc<str>,
+    /// The dispatch id.
+    pub dispatch_id: crate::command::DispatchId,
+    /// Handler attempts actually run (0 for rejections).
+    pub attempts: u32,
+    /// How it ended.
+    pub outcome: CommandOutcome,
+    /// The public failure (`None` on success).
+    pub failure: Option<Failure>,
+    /// The private cause. Never log it in public fields.
+    pub cause: Option<Cause>,
+    /// When the dispatch began.
+    pub started_at: Timestamp,
+    /// When it ended.
+    pub ended_at: Timestamp,
+    /// How long it took (tokio clock).
+    pub duration: Duration,
+}
+
 #[cfg(feature = "test-util")]
 mod test_constructors {
     use super::*;
@@ -269,6 +358,9 @@ mod test_constructors {
                 failure,
                 panic,
                 lifecycle_changed: true,
+                command: None,
+                dispatch_id: None,
+                attempt: 0,
                 cause,
                 at: Timestamp::now(),
             }

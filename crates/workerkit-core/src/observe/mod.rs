@@ -33,8 +33,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use event::{
-    Cause, CheckEndEvent, CheckOutcome, CheckStartEvent, FailureEvent, Operation, OperationEvent,
-    OperationPhase, ReadinessEvent, TransitionEvent,
+    Cause, CheckEndEvent, CheckOutcome, CheckStartEvent, CommandEndEvent, CommandOutcome,
+    CommandStartEvent, FailureEvent, Operation, OperationEvent, OperationPhase, ReadinessEvent,
+    TransitionEvent,
 };
 
 /// A boxed future, as returned by [`Observer::shutdown`].
@@ -69,6 +70,15 @@ pub trait Observer: Send + Sync + 'static {
         let _ = event;
     }
 
+    /// A dispatch to a resolved command began. Return an observation to follow it: its
+    /// [`CommandObservation::in_scope`] wraps every poll of the handler (so spans the handler
+    /// opens nest under the command's), and its [`CommandObservation::end`] is called exactly
+    /// once, with the [`CommandEndEvent`].
+    fn on_command_start(&self, event: &CommandStartEvent) -> Option<Box<dyn CommandObservation>> {
+        let _ = event;
+        None
+    }
+
     /// A readiness check execution ended.
     fn on_check_end(&self, event: &CheckEndEvent) {
         let _ = event;
@@ -81,6 +91,18 @@ pub trait Observer: Send + Sync + 'static {
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+}
+
+/// Follows one dispatch; see [`Observer::on_command_start`].
+pub trait CommandObservation: Send + Sync + 'static {
+    /// Runs `poll` (one poll of the handler's future) inside this observation's scope, e.g. with
+    /// a span entered or a trace context attached. The default just calls it.
+    fn in_scope(&self, poll: &mut dyn FnMut()) {
+        poll();
+    }
+
+    /// The dispatch ended. Called exactly once.
+    fn end(self: Box<Self>, event: &CommandEndEvent);
 }
 
 /// An observer that ignores everything.
@@ -108,8 +130,48 @@ impl<O: Observer + ?Sized> Observer for Arc<O> {
     fn on_check_end(&self, event: &CheckEndEvent) {
         (**self).on_check_end(event);
     }
+    fn on_command_start(&self, event: &CommandStartEvent) -> Option<Box<dyn CommandObservation>> {
+        (**self).on_command_start(event)
+    }
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         (**self).shutdown()
+    }
+}
+
+/// The observations of one dispatch, nested in observer order and ended in reverse order.
+pub(crate) struct CommandObservations {
+    list: Vec<Box<dyn CommandObservation>>,
+}
+
+impl CommandObservations {
+    pub(crate) fn none() -> Self {
+        Self { list: Vec::new() }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Polls inside every observation's scope (the first observer's scope outermost).
+    pub(crate) fn in_scope(&self, poll: &mut dyn FnMut()) {
+        fn nest(list: &[Box<dyn CommandObservation>], poll: &mut dyn FnMut()) {
+            match list.split_first() {
+                None => poll(),
+                Some((first, rest)) => first.in_scope(&mut || nest(rest, poll)),
+            }
+        }
+        nest(&self.list, poll);
+    }
+
+    /// Ends every observation, in reverse order; returns how many panicked.
+    pub(crate) fn end(self, event: &CommandEndEvent) -> u64 {
+        let mut panics = 0;
+        for observation in self.list.into_iter().rev() {
+            if std::panic::catch_unwind(AssertUnwindSafe(|| observation.end(event))).is_err() {
+                panics += 1;
+            }
+        }
+        panics
     }
 }
 
@@ -189,6 +251,25 @@ impl Observers {
 
     pub(crate) fn check_end(&self, event: &CheckEndEvent) {
         self.each(|o| o.on_check_end(event));
+    }
+
+    /// Starts the observations of one dispatch (panicking observers are skipped).
+    pub(crate) fn command_start(&self, event: &CommandStartEvent) -> CommandObservations {
+        let mut list = Vec::new();
+        for observer in &self.list {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| observer.on_command_start(event))) {
+                Ok(Some(observation)) => list.push(observation),
+                Ok(None) => {}
+                Err(_) => {
+                    self.panics.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        CommandObservations { list }
+    }
+
+    pub(crate) fn count_panic(&self) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Awaits every observer's shutdown hook concurrently, once per runtime (later calls do

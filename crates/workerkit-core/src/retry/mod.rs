@@ -213,13 +213,15 @@ pub fn permanent(error: impl Into<BoxError>) -> BoxError {
     Box::new(Permanent(error.into()))
 }
 
-/// Whether `error`, or any error in its `source()` chain, was marked [`permanent`].
+/// Whether `error`, or any error in its `source()` chain, was marked [`permanent`] (a
+/// [`PayloadError`](crate::command::PayloadError) is permanent too).
 #[must_use]
 pub fn is_permanent(error: &(dyn StdError + 'static)) -> bool {
     let mut current = Some(error);
     let mut depth = 0;
     while let Some(e) = current {
-        if e.is::<Permanent>() {
+        // A bad payload stays bad however often it is sent.
+        if e.is::<Permanent>() || e.is::<crate::command::PayloadError>() {
             return true;
         }
         depth += 1;

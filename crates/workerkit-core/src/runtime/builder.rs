@@ -22,9 +22,17 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Default bound on awaiting the observers' shutdown hooks.
 pub const DEFAULT_OBSERVER_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Default per-attempt command timeout.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Worker defaults, copied into each worker at registration.
 #[derive(Clone, Debug)]
 pub(crate) struct Defaults {
+    pub(crate) command_timeout: Option<Duration>,
+    pub(crate) command_timeout_mode: crate::command::TimeoutMode,
+    pub(crate) command_retry: crate::retry::RetryPolicy,
+    pub(crate) worker_command_concurrency: Option<usize>,
+    pub(crate) command_admission: crate::command::AdmissionMode,
     pub(crate) start_timeout: Option<Duration>,
     pub(crate) stop_timeout: Option<Duration>,
     pub(crate) ready_on_start: bool,
@@ -41,6 +49,7 @@ pub(crate) struct Settings {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) stop_grace: Duration,
     pub(crate) observer_flush_timeout: Duration,
+    pub(crate) command_concurrency: Option<usize>,
 }
 
 /// Builds a [`Runtime`]. Setters take and return `self`; [`build`](Self::build) validates.
@@ -81,6 +90,11 @@ impl RuntimeBuilder {
         Self {
             name,
             defaults: Defaults {
+                command_timeout: Some(DEFAULT_COMMAND_TIMEOUT),
+                command_timeout_mode: crate::command::TimeoutMode::default(),
+                command_retry: crate::retry::RetryPolicy::never(),
+                worker_command_concurrency: None,
+                command_admission: crate::command::AdmissionMode::default(),
                 start_timeout: Some(DEFAULT_START_TIMEOUT),
                 stop_timeout: Some(DEFAULT_STOP_TIMEOUT),
                 ready_on_start: true,
@@ -94,6 +108,7 @@ impl RuntimeBuilder {
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
                 stop_grace: DEFAULT_STOP_GRACE,
                 observer_flush_timeout: DEFAULT_OBSERVER_FLUSH_TIMEOUT,
+                command_concurrency: None,
             },
             observers: Vec::new(),
             zero: None,
@@ -184,6 +199,56 @@ impl RuntimeBuilder {
     pub fn observer_flush_timeout(mut self, timeout: Duration) -> Self {
         self.settings.observer_flush_timeout = timeout;
         self.nonzero("observer_flush_timeout", timeout)
+    }
+
+    /// Default per-attempt timeout of commands (default 30 s). Zero is a build error.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.defaults.command_timeout = Some(timeout);
+        self.nonzero("command_timeout", timeout)
+    }
+
+    /// No command timeout by default.
+    pub fn no_command_timeout(mut self) -> Self {
+        self.defaults.command_timeout = None;
+        self
+    }
+
+    /// How command timeouts are enforced by default (default cooperative).
+    pub fn command_timeout_mode(mut self, mode: crate::command::TimeoutMode) -> Self {
+        self.defaults.command_timeout_mode = mode;
+        self
+    }
+
+    /// Default command retry policy (default: never retry).
+    pub fn command_retry(mut self, policy: crate::retry::RetryPolicy) -> Self {
+        self.defaults.command_retry = policy;
+        self
+    }
+
+    /// Default cap on each worker's concurrent commands (default unbounded). Zero is a build
+    /// error.
+    pub fn worker_command_concurrency(mut self, limit: usize) -> Self {
+        self.defaults.worker_command_concurrency = Some(limit);
+        if limit == 0 && self.zero.is_none() {
+            self.zero = Some("worker_command_concurrency");
+        }
+        self
+    }
+
+    /// Cap on concurrent commands across the whole runtime (default unbounded). Zero is a
+    /// build error.
+    pub fn command_concurrency(mut self, limit: usize) -> Self {
+        self.settings.command_concurrency = Some(limit);
+        if limit == 0 && self.zero.is_none() {
+            self.zero = Some("command_concurrency");
+        }
+        self
+    }
+
+    /// What a full limit does by default (default fail-fast).
+    pub fn command_admission(mut self, mode: crate::command::AdmissionMode) -> Self {
+        self.defaults.command_admission = mode;
+        self
     }
 
     /// Adds an observer. Observers receive events in the order they were added.

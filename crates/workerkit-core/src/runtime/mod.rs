@@ -13,9 +13,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub(crate) use builder::Defaults;
 pub use builder::{
-    DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_START_TIMEOUT,
-    DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT, RuntimeBuilder,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT, RuntimeBuilder,
 };
 pub(crate) use state::{State, WorkerEntry, WorkerRecord};
 
@@ -26,7 +27,7 @@ use crate::observe::{Observer, Observers, Operation};
 use crate::status::{Exit, Liveness, Readiness, RuntimeStatus, WorkerSnapshot, WorkerStatus};
 use crate::time::Timestamp;
 use crate::worker::{TimeoutSetting, WorkerSource, WorkerSpec};
-use builder::{Defaults, Settings};
+use builder::Settings;
 use state::WorkerConfig;
 
 tokio::task_local! {
@@ -53,8 +54,17 @@ pub(crate) struct Inner {
     changes: watch::Sender<u64>,
     /// The sequence number of the last event delivered to observers.
     delivered: watch::Sender<u64>,
-    /// The runtime-wide in-flight command count, for idle waits.
-    pub(crate) in_flight: watch::Sender<usize>,
+    /// Workers by local name, readable without the state lock (for dispatch).
+    registry: std::sync::RwLock<std::collections::HashMap<Arc<str>, Arc<WorkerEntry>>>,
+    /// Command admission, mirrored from the state at every commit: bit 7 set = open, low bits =
+    /// the aggregate state's index.
+    admission: std::sync::atomic::AtomicU8,
+    /// Commands in flight across the runtime, and a notification when it reaches zero.
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle_waiters: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+    /// The runtime-wide command concurrency limit.
+    pub(crate) command_limit: crate::command::RuntimeLimit,
     /// Tasks of workers: loops, readiness checks, `WorkerContext::spawn`. Shutdown waits for them.
     pub(crate) tracker: TaskTracker,
     /// Tasks running lifecycle operations.
@@ -78,6 +88,10 @@ impl Inner {
             let mut st = self.lock();
             let result = f(&mut st, now);
             st.commit(now);
+            let open = st.admission_open();
+            let word =
+                u8::try_from(st.runtime_state.index()).unwrap_or(0) | if open { 0x80 } else { 0 };
+            self.admission.store(word, Ordering::SeqCst);
             (result, st.last_seq(), st.version)
         };
         self.changes.send_replace(version);
@@ -144,6 +158,75 @@ impl Inner {
             rx.wait_for(|delivered| *delivered >= seq),
         )
         .await;
+    }
+
+    /// Whether the runtime admits commands, and its aggregate state.
+    pub(crate) fn admission(&self) -> (bool, LifecycleState) {
+        let word = self.admission.load(Ordering::SeqCst);
+        let state = LifecycleState::ALL
+            .get(usize::from(word & 0x7F))
+            .copied()
+            .unwrap_or_default();
+        (word & 0x80 != 0, state)
+    }
+
+    /// Looks a worker up by local or qualified name without the state lock.
+    pub(crate) fn find_worker(&self, name: &str) -> Option<Arc<WorkerEntry>> {
+        let local = match name.split_once('/') {
+            Some((rt, local)) if rt == &*self.name => local,
+            Some(_) => return None,
+            None => name,
+        };
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(local)
+            .cloned()
+    }
+
+    /// Every worker, in registration order.
+    pub(crate) fn all_workers(&self) -> Vec<Arc<WorkerEntry>> {
+        self.lock()
+            .workers
+            .iter()
+            .map(|rec| Arc::clone(&rec.entry))
+            .collect()
+    }
+
+    pub(crate) fn acquire_in_flight(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn release_in_flight(&self) {
+        let before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if before == 1 && self.idle_waiters.load(Ordering::SeqCst) > 0 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no command is in flight anywhere in the runtime (by notification).
+    pub(crate) async fn wait_all_idle(&self) {
+        self.idle_waiters.fetch_add(1, Ordering::SeqCst);
+        struct Leave<'a>(&'a Inner);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.0.idle_waiters.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let _leave = Leave(self);
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            idle.await;
+        }
     }
 
     pub(crate) fn qualified(&self, local: &str) -> String {
@@ -238,6 +321,7 @@ impl Runtime {
         observers: Vec<Arc<dyn Observer>>,
     ) -> Self {
         let name: Arc<str> = name.into();
+        let command_concurrency = settings.command_concurrency;
         let state = State::new(
             Arc::clone(&name),
             settings.readiness_policy,
@@ -254,7 +338,12 @@ impl Runtime {
                 observers: Observers::new(observers),
                 changes: watch::Sender::new(0),
                 delivered: watch::Sender::new(0),
-                in_flight: watch::Sender::new(0),
+                registry: std::sync::RwLock::new(std::collections::HashMap::new()),
+                admission: std::sync::atomic::AtomicU8::new(0),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
+                idle_waiters: std::sync::atomic::AtomicUsize::new(0),
+                idle: tokio::sync::Notify::new(),
+                command_limit: crate::command::RuntimeLimit::new(command_concurrency),
                 tracker: TaskTracker::new(),
                 ops_tracker: TaskTracker::new(),
             }),
@@ -318,40 +407,21 @@ impl Runtime {
             failure_policy: o.failure_policy.unwrap_or(d.failure_policy),
             panic_policy: o.panic_policy.unwrap_or(d.panic_policy),
         };
+        let qualified_arc: Arc<str> = qualified.clone().into();
+        let commands = crate::command::build_table(
+            &qualified_arc,
+            spec.commands,
+            &spec.command_overrides,
+            &inner.defaults,
+        )?;
         let (slot, factory) = match spec.source {
             WorkerSource::Instance(worker) => (Some(worker), None),
             WorkerSource::Factory(factory) => (None, Some(factory)),
         };
         let local: Arc<str> = spec.name.into();
-        let entry = Arc::new(WorkerEntry {
-            qualified: qualified.clone().into(),
-            local: Arc::clone(&local),
-            slot: tokio::sync::Mutex::new(slot),
-            factory,
-            check: spec.readiness_check,
-            exit: watch::Sender::new(None),
-            check_task: Mutex::new(None),
-        });
-        let record = WorkerRecord {
-            entry,
-            description: spec.description.map(Into::into),
-            config,
-            lifecycle: LifecycleState::Registered,
-            ready: false,
-            accepting: false,
-            in_flight: 0,
-            incarnation: 0,
-            ready_set_during_start: false,
-            accepting_set_during_start: false,
-            failure_reported_during_start: false,
-            reported_reason: crate::status::ExitReason::Failed,
-            escalated: false,
-            last_transition: None,
-            last_failure: None,
-            last_exit: None,
-            token: CancellationToken::new(),
-        };
-        let (result, _) = inner.mutate(|st, _now| {
+        let description = spec.description.map(Into::into);
+        let check = spec.readiness_check;
+        let (result, _) = inner.mutate(move |st, _now| {
             if st.shutting_down || st.shut_down {
                 return Err(RegisterError::ShuttingDown {
                     runtime: inner.name.to_string(),
@@ -360,7 +430,42 @@ impl Runtime {
             if st.index.contains_key(&local) {
                 return Err(RegisterError::AlreadyRegistered { worker: qualified });
             }
+            let entry = Arc::new(WorkerEntry {
+                idx: st.workers.len(),
+                commands,
+                qualified: qualified_arc,
+                local: Arc::clone(&local),
+                slot: tokio::sync::Mutex::new(slot),
+                factory,
+                check,
+                exit: watch::Sender::new(None),
+                check_task: Mutex::new(None),
+            });
+            let record = WorkerRecord {
+                entry: Arc::clone(&entry),
+                description,
+                config,
+                lifecycle: LifecycleState::Registered,
+                ready: false,
+                accepting: false,
+                incarnation: 0,
+                ready_set_during_start: false,
+                accepting_set_during_start: false,
+                failure_reported_during_start: false,
+                reported_reason: crate::status::ExitReason::Failed,
+                escalated: false,
+                last_transition: None,
+                last_failure: None,
+                last_command_failure: None,
+                last_exit: None,
+                token: CancellationToken::new(),
+            };
             st.add_worker(record);
+            inner
+                .registry
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(local, entry);
             Ok(())
         });
         result
@@ -369,7 +474,108 @@ impl Runtime {
     /// The runtime's aggregate status.
     #[must_use]
     pub fn status(&self) -> RuntimeStatus {
-        self.inner.lock().runtime_status()
+        let mut status = self.inner.lock().runtime_status();
+        status.in_flight = self.inner.in_flight();
+        status
+    }
+
+    /// Runs a worker's command: resolve → observe → admit → limit → attempts (timeout, panic
+    /// capture) with retry → end. See `docs/commands.md` for the full order.
+    ///
+    /// Not gated: dispatch runs concurrently with lifecycle operations, and takes no
+    /// runtime-wide lock on its way (admission happens under the target worker's own mutex).
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before admission does nothing. Dropping it after admission drops the
+    /// handler's future, releases its slots, and ends its observation as `abandoned`: every
+    /// admitted dispatch is observed exactly once either way.
+    ///
+    /// # Errors
+    ///
+    /// Rejections ([`DispatchError::is_rejection`]) hand the request back; admitted dispatches
+    /// fail with [`DispatchError::Failed`], [`TimedOut`](DispatchError::TimedOut),
+    /// [`Panicked`](DispatchError::Panicked) or [`Cancelled`](DispatchError::Cancelled), whose
+    /// `code()` never depends on the handler's own error. Under
+    /// [`PanicPolicy::Propagate`](crate::PanicPolicy::Propagate) a handler's panic is resumed here
+    /// after its bookkeeping and end event.
+    ///
+    /// [`DispatchError::is_rejection`]: crate::command::DispatchError::is_rejection
+    /// [`DispatchError::Failed`]: crate::command::DispatchError::Failed
+    /// [`TimedOut`]: crate::command::DispatchError::TimedOut
+    /// [`Panicked`]: crate::command::DispatchError::Panicked
+    /// [`Cancelled`]: crate::command::DispatchError::Cancelled
+    pub async fn dispatch(
+        &self,
+        request: crate::command::CommandRequest,
+    ) -> Result<crate::command::CommandResult, crate::command::DispatchError> {
+        crate::command::pipeline::dispatch(&self.inner, request).await
+    }
+
+    /// A worker's commands, sorted by name; `None` for an unknown worker (lenient lookup, like
+    /// [`worker`](Self::worker)). A worker without commands gives an empty list.
+    #[must_use]
+    pub fn commands(&self, worker: &str) -> Option<Vec<crate::command::CommandInfo>> {
+        self.inner
+            .find_worker(worker)
+            .map(|entry| entry.commands.infos())
+    }
+
+    /// Every worker's commands, by worker in registration order, each sorted by name.
+    #[must_use]
+    pub fn all_commands(&self) -> Vec<crate::command::CommandInfo> {
+        self.inner
+            .all_workers()
+            .iter()
+            .flat_map(|entry| entry.commands.infos())
+            .collect()
+    }
+
+    /// The commands in flight, by dispatch id (oldest first).
+    #[must_use]
+    pub fn in_flight(&self) -> Vec<crate::command::InFlightCommand> {
+        crate::command::pipeline::in_flight(&self.inner)
+    }
+
+    /// Cancels an in-flight command by its dispatch id: its handler's
+    /// [`CommandContext::cancelled`](crate::command::CommandContext::cancelled) fires, and its
+    /// caller gets [`DispatchError::Cancelled`](crate::command::DispatchError::Cancelled) (unless
+    /// the handler still succeeds).
+    ///
+    /// # Errors
+    ///
+    /// [`CancelError::NotFound`](crate::command::CancelError::NotFound) if no such command is in
+    /// flight, [`CancelError::AlreadyCancelled`](crate::command::CancelError::AlreadyCancelled).
+    pub fn cancel(
+        &self,
+        id: crate::command::DispatchId,
+    ) -> Result<(), crate::command::CancelError> {
+        crate::command::pipeline::cancel(&self.inner, id)
+    }
+
+    /// Waits until the worker has no command in flight (of any incarnation), by notification.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    ///
+    /// # Errors
+    ///
+    /// [`LifecycleError::InvalidName`] or [`LifecycleError::WorkerNotFound`].
+    pub async fn wait_idle(&self, worker: &str) -> Result<(), LifecycleError> {
+        let idx = self.inner.resolve(worker)?;
+        let entry = Arc::clone(&self.inner.lock().workers[idx].entry);
+        crate::command::pipeline::wait_worker_idle(&entry).await;
+        Ok(())
+    }
+
+    /// Waits until no command is in flight anywhere in the runtime, by notification.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn wait_all_idle(&self) {
+        self.inner.wait_all_idle().await;
     }
 
     /// Every worker, in registration order.

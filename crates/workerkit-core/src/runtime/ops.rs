@@ -221,6 +221,8 @@ pub(super) async fn start(
     };
 
     if matches!(outcome, Outcome::Ok) {
+        // Commands admitted by this incarnation get its context (set before it can be running).
+        entry.commands.lock().ctx = Some(ctx.without_deadline());
         let (result, _) = inner.mutate(|st, now| {
             let rec = &st.workers[idx];
             if rec.incarnation != incarnation || rec.lifecycle != LifecycleState::Starting {
@@ -377,6 +379,10 @@ pub(super) async fn stop(
         (a, b) => a.or(b),
     };
     let deadline = limit.map(|t| Instant::now() + t);
+    if let Some(grace) = entry.commands.cancel_on_stop {
+        // Admitted commands of this incarnation get `grace` to finish; the rest are cancelled.
+        crate::command::pipeline::drain_incarnation(&entry, incarnation, grace).await;
+    }
     let check_task = entry
         .check_task
         .lock()
@@ -608,11 +614,10 @@ pub(super) async fn shutdown(
     });
     drain_all(inner);
 
-    let mut in_flight = inner.in_flight.subscribe();
-    let idle = tokio::time::timeout_at(deadline, in_flight.wait_for(|n| *n == 0))
+    let idle = tokio::time::timeout_at(deadline, inner.wait_all_idle())
         .await
         .is_ok();
-    let abandoned = if idle { 0 } else { *in_flight.borrow() };
+    let abandoned = if idle { 0 } else { inner.in_flight() };
 
     let stop_deadline = deadline.max(Instant::now() + options.stop_grace);
     let (stopped, errors, payload) = stop_every(inner, Some(stop_deadline)).await;
@@ -835,5 +840,78 @@ pub(crate) fn observe_failure(inner: &Inner, idx: usize, incarnation: u64, faili
             false,
             now,
         );
+    });
+}
+
+/// A failed command attempt.
+pub(crate) struct CommandFailure {
+    pub(crate) command: Arc<str>,
+    pub(crate) id: crate::command::DispatchId,
+    pub(crate) attempt: u32,
+    pub(crate) failure: Failure,
+    pub(crate) cause: Option<Cause>,
+    pub(crate) panic: bool,
+}
+
+/// Records a failed command attempt (spec §2.2 rows 15–17): a failure event with the command,
+/// dispatch and attempt; the worker's last command failure if the attempt belongs to its current
+/// incarnation; and, for a panic of the current incarnation while it runs or drains, the
+/// worker's failure (its panic policy applies: `propagate` escalates nothing here, the panic is
+/// resumed in the dispatch caller).
+pub(crate) fn command_failure(inner: &Inner, idx: usize, incarnation: u64, failed: CommandFailure) {
+    let CommandFailure {
+        command,
+        id,
+        attempt,
+        failure,
+        cause,
+        panic,
+    } = failed;
+    inner.mutate(|st, now| {
+        let current = st.workers[idx].incarnation == incarnation;
+        if current {
+            let record = crate::status::CommandFailureRecord {
+                command: command.to_string(),
+                code: failure.code().to_owned(),
+                message: failure.message().to_owned(),
+                at: now,
+            };
+            st.modify(idx, |rec| rec.last_command_failure = Some(record));
+        }
+        let fails_worker = panic
+            && current
+            && matches!(
+                st.workers[idx].lifecycle,
+                LifecycleState::Running | LifecycleState::Draining
+            );
+        if fails_worker {
+            st.modify(idx, |rec| {
+                rec.last_failure = Some(FailureRecord::new(&failure, now));
+                rec.accepting = false;
+            });
+            st.transition(idx, LifecycleState::Failed, now);
+            st.set_ready(idx, false, now);
+        }
+        st.failure_event_for(
+            idx,
+            incarnation,
+            &failure,
+            cause,
+            panic,
+            fails_worker,
+            Some((command, id, attempt)),
+            now,
+        );
+        if fails_worker {
+            publish_exit_once(
+                st,
+                idx,
+                incarnation,
+                ExitReason::Panicked,
+                Some(failure.clone()),
+                now,
+            );
+            st.workers[idx].token.cancel();
+        }
     });
 }

@@ -21,8 +21,8 @@ use crate::observe::{
 };
 use crate::policy::{FailurePolicy, PanicPolicy, ReadinessPolicy};
 use crate::status::{
-    Exit, FailureRecord, ReadinessImpact, ReadinessItem, RuntimeStatus, Transition, WorkerSnapshot,
-    WorkerStatus,
+    CommandFailureRecord, Exit, FailureRecord, ReadinessImpact, ReadinessItem, RuntimeStatus,
+    Transition, WorkerSnapshot, WorkerStatus,
 };
 use crate::time::Timestamp;
 use crate::worker::{DynWorker, Factory, ReadinessCheck};
@@ -41,6 +41,8 @@ pub(crate) struct WorkerConfig {
 
 /// The parts of a worker that live outside the state lock.
 pub(crate) struct WorkerEntry {
+    /// The registration index (stable: workers are never reordered).
+    pub(crate) idx: usize,
     pub(crate) local: Arc<str>,
     pub(crate) qualified: Arc<str>,
     /// The worker object. Only lifecycle operations (serialised by the gate) touch it.
@@ -51,6 +53,8 @@ pub(crate) struct WorkerEntry {
     pub(crate) exit: watch::Sender<Option<Exit>>,
     /// The readiness-check task of the current incarnation.
     pub(crate) check_task: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Commands and their dispatch state.
+    pub(crate) commands: crate::command::WorkerCommands,
 }
 
 /// One worker's live record.
@@ -61,7 +65,6 @@ pub(crate) struct WorkerRecord {
     pub(crate) lifecycle: LifecycleState,
     pub(crate) ready: bool,
     pub(crate) accepting: bool,
-    pub(crate) in_flight: usize,
     pub(crate) incarnation: u64,
     pub(crate) ready_set_during_start: bool,
     pub(crate) accepting_set_during_start: bool,
@@ -72,6 +75,7 @@ pub(crate) struct WorkerRecord {
     pub(crate) escalated: bool,
     pub(crate) last_transition: Option<Transition>,
     pub(crate) last_failure: Option<FailureRecord>,
+    pub(crate) last_command_failure: Option<CommandFailureRecord>,
     pub(crate) last_exit: Option<Exit>,
     /// Fires when this incarnation is asked to stop or ends.
     pub(crate) token: CancellationToken,
@@ -79,19 +83,22 @@ pub(crate) struct WorkerRecord {
 
 impl WorkerRecord {
     pub(crate) fn status(&self) -> WorkerStatus {
+        let dispatch = self.entry.commands.lock();
         WorkerStatus {
             name: Arc::clone(&self.entry.qualified),
             local_name: Arc::clone(&self.entry.local),
             state: self.lifecycle,
             ready: self.ready,
             accepting_work: self.accepting,
-            in_flight: self.in_flight,
             incarnation: self.incarnation,
             contributes_to_readiness: self.config.contributes,
             failure_policy: self.config.failure_policy,
             last_transition: self.last_transition.clone(),
             last_failure: self.last_failure.clone(),
+            last_command_failure: self.last_command_failure.clone(),
             last_exit: self.last_exit.clone(),
+            in_flight: dispatch.total,
+            waiting: dispatch.waiting,
         }
     }
 
@@ -234,7 +241,6 @@ pub(crate) struct State {
     pub(crate) runtime_state: LifecycleState,
     pub(crate) ready: bool,
     pub(crate) last_transition: Option<Transition>,
-    pub(crate) in_flight: usize,
     /// Command admission closed by stop-all or shutdown.
     pub(crate) admission_closed: bool,
     pub(crate) shutting_down: bool,
@@ -259,7 +265,6 @@ impl State {
             runtime_state: LifecycleState::Registered,
             ready: false,
             last_transition: None,
-            in_flight: 0,
             admission_closed: false,
             shutting_down: false,
             shut_down: false,
@@ -283,9 +288,16 @@ impl State {
     pub(crate) fn modify<R>(&mut self, idx: usize, f: impl FnOnce(&mut WorkerRecord) -> R) -> R {
         let before = self.workers[idx].facts();
         let result = f(&mut self.workers[idx]);
-        let after = self.workers[idx].facts();
+        let rec = &self.workers[idx];
+        let after = rec.facts();
         self.aggregate.apply(before, -1);
         self.aggregate.apply(after, 1);
+        // Mirror what command admission needs into the worker's dispatch state (lock order:
+        // state lock, then dispatch mutex).
+        rec.entry
+            .commands
+            .lock()
+            .mirror(rec.incarnation, rec.lifecycle, rec.accepting);
         result
     }
 
@@ -369,9 +381,38 @@ impl State {
         lifecycle_changed: bool,
         now: Timestamp,
     ) {
+        self.failure_event_for(
+            idx,
+            incarnation,
+            failure,
+            cause,
+            panic,
+            lifecycle_changed,
+            None,
+            now,
+        );
+    }
+
+    /// Queues a failure event, with the command, dispatch and attempt it belongs to, if any.
+    #[allow(clippy::too_many_arguments)] // Internal; each argument is a distinct event field.
+    pub(crate) fn failure_event_for(
+        &mut self,
+        idx: usize,
+        incarnation: u64,
+        failure: &Failure,
+        cause: Option<Cause>,
+        panic: bool,
+        lifecycle_changed: bool,
+        command: Option<(Arc<str>, crate::command::DispatchId, u32)>,
+        now: Timestamp,
+    ) {
         let runtime = Arc::clone(&self.runtime);
         let worker = Some(Arc::clone(&self.workers[idx].entry.qualified));
         let failure = failure.clone();
+        let (command, dispatch_id, attempt) = match command {
+            Some((command, id, attempt)) => (Some(command), Some(id), attempt),
+            None => (None, None, 0),
+        };
         self.push(|seq| {
             Event::Failure(FailureEvent {
                 seq,
@@ -381,6 +422,9 @@ impl State {
                 failure,
                 panic,
                 lifecycle_changed,
+                command,
+                dispatch_id,
+                attempt,
                 cause,
                 at: now,
             })
@@ -456,7 +500,7 @@ impl State {
             name: Arc::clone(&self.runtime),
             state: self.runtime_state,
             ready: self.ready,
-            in_flight: self.in_flight,
+            in_flight: 0,
             workers: self.workers.len(),
             last_transition: self.last_transition.clone(),
             shutting_down: self.shutting_down,
@@ -474,6 +518,15 @@ impl State {
                 impact: rec.impact(self.policy),
             })
             .collect()
+    }
+
+    /// Whether the runtime admits commands at all (spec §3.3).
+    pub(crate) fn admission_open(&self) -> bool {
+        !self.admission_closed
+            && !matches!(
+                self.runtime_state,
+                LifecycleState::Failed | LifecycleState::Stopped | LifecycleState::Registered
+            )
     }
 
     /// Why the runtime is not live (empty when live).

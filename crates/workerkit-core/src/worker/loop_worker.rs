@@ -12,7 +12,7 @@ use crate::observe::BoxFuture;
 use crate::runtime::ops;
 use crate::status::ExitReason;
 use crate::task::CatchUnwind;
-use crate::worker::{Worker, WorkerContext};
+use crate::worker::{StopSignal, Worker, WorkerContext};
 
 /// Default bound on the automatic cleanup that runs after a loop fails.
 pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,6 +79,11 @@ pub struct LoopWorker {
     auto_ready: bool,
     cleanup_timeout: Duration,
     task: Option<JoinHandle<()>>,
+    /// The stop signal of the incarnation whose loop `task` runs.
+    previous: Option<StopSignal>,
+    /// A stop began joining the loop and did not finish (its future was dropped at the stop
+    /// timeout).
+    join_timed_out: bool,
     cleanup: Arc<Mutex<Cleanup>>,
 }
 
@@ -117,6 +122,8 @@ impl LoopWorker {
             auto_ready: true,
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
             task: None,
+            previous: None,
+            join_timed_out: false,
             cleanup: Arc::new(Mutex::new(Cleanup::default())),
         }
     }
@@ -268,9 +275,14 @@ fn lock(cleanup: &Mutex<Cleanup>) -> std::sync::MutexGuard<'_, Cleanup> {
 impl Worker for LoopWorker {
     async fn start(&mut self, ctx: WorkerContext) -> Result<(), BoxError> {
         if let Some(task) = self.task.as_mut().filter(|t| !t.is_finished()) {
-            if lock(&self.cleanup).exited {
+            // A stop that timed out while joining this loop means it ignores its stop signal:
+            // refuse at once. Otherwise a loop told to stop is on its way out.
+            let told_to_stop = !self.join_timed_out
+                && self.previous.as_ref().is_some_and(StopSignal::is_triggered);
+            if lock(&self.cleanup).exited || told_to_stop {
                 // The previous loop has returned and its automatic cleanup is still running
-                // (bounded by the cleanup timeout): wait for it rather than refuse.
+                // (bounded by the cleanup timeout), or its incarnation ended and it is on its
+                // way out: wait for it (bounded by the start timeout) rather than refuse.
                 let _ = task.await;
             }
         }
@@ -309,6 +321,7 @@ impl Worker for LoopWorker {
             ctx.without_deadline(),
         );
         self.task = Some(ctx.spawn_loop(task));
+        self.previous = Some(ctx.stop_signal());
         // A readiness check, when the worker has one, decides readiness instead.
         if self.auto_ready && !ctx.has_readiness_check() {
             ctx.set_ready(true)?;
@@ -328,7 +341,9 @@ impl Worker for LoopWorker {
         if let Some(task) = self.task.as_mut() {
             // If the runtime's stop timeout drops this future here, the handle stays and the
             // next stop joins the same loop.
+            self.join_timed_out = true;
             let _ = task.await;
+            self.join_timed_out = false;
             self.task = None;
         }
         {

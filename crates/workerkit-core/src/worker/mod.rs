@@ -191,6 +191,8 @@ impl Default for Overrides {
 /// [`Runtime::register`]: crate::Runtime::register
 #[must_use]
 pub struct WorkerSpec {
+    pub(crate) commands: Vec<crate::command::CommandSpec>,
+    pub(crate) command_overrides: crate::command::WorkerCommandOverrides,
     pub(crate) name: String,
     pub(crate) description: Option<String>,
     pub(crate) source: WorkerSource,
@@ -205,6 +207,7 @@ impl fmt::Debug for WorkerSpec {
             .field("description", &self.description)
             .field("overrides", &self.overrides)
             .field("readiness_check", &self.readiness_check)
+            .field("commands", &self.commands)
             .finish_non_exhaustive()
     }
 }
@@ -229,6 +232,8 @@ impl WorkerSpec {
 
     fn with_source(name: String, source: WorkerSource) -> Self {
         Self {
+            commands: Vec::new(),
+            command_overrides: crate::command::WorkerCommandOverrides::default(),
             name,
             description: None,
             source,
@@ -304,6 +309,57 @@ impl WorkerSpec {
     /// What a panic in this worker's code does.
     pub fn panic_policy(mut self, policy: PanicPolicy) -> Self {
         self.overrides.panic_policy = Some(policy);
+        self
+    }
+
+    /// Adds a command this worker owns. Commands are validated (name, uniqueness, settings) at
+    /// registration.
+    pub fn command(mut self, command: crate::command::CommandSpec) -> Self {
+        self.commands.push(command);
+        self
+    }
+
+    /// Per-attempt timeout of this worker's commands (default: the runtime's).
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_overrides.timeout = Some(Some(timeout));
+        self
+    }
+
+    /// No timeout for this worker's commands.
+    pub fn no_command_timeout(mut self) -> Self {
+        self.command_overrides.timeout = Some(None);
+        self
+    }
+
+    /// How this worker's command timeouts are enforced.
+    pub fn command_timeout_mode(mut self, mode: crate::command::TimeoutMode) -> Self {
+        self.command_overrides.timeout_mode = Some(mode);
+        self
+    }
+
+    /// Retry policy of this worker's commands.
+    pub fn command_retry(mut self, policy: crate::retry::RetryPolicy) -> Self {
+        self.command_overrides.retry = Some(policy);
+        self
+    }
+
+    /// Cap on this worker's concurrent commands (of its current incarnation).
+    pub fn command_concurrency(mut self, limit: usize) -> Self {
+        self.command_overrides.concurrency = Some(limit);
+        self
+    }
+
+    /// What a full limit does for this worker's commands.
+    pub fn command_admission(mut self, mode: crate::command::AdmissionMode) -> Self {
+        self.command_overrides.admission = Some(mode);
+        self
+    }
+
+    /// When this worker stops, give its in-flight commands `grace` to finish, then cancel the
+    /// rest (their callers get `DispatchError::Cancelled` with reason `WorkerStopped`). Without
+    /// it, as in Go, a stop neither waits for nor cancels admitted commands.
+    pub fn cancel_commands_on_stop(mut self, grace: Duration) -> Self {
+        self.command_overrides.cancel_on_stop = Some(grace);
         self
     }
 

@@ -1,0 +1,339 @@
+//! What a dispatch returns.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::handler::CancelReason;
+use super::{CommandRequest, CommandResponse, DispatchId};
+use crate::error::SharedCause;
+use crate::failure::Failure;
+use crate::lifecycle::LifecycleState;
+use crate::name::NameError;
+
+/// A successful dispatch.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct CommandResult {
+    /// The dispatch id.
+    pub id: DispatchId,
+    /// The qualified worker name.
+    pub worker: Arc<str>,
+    /// The command name.
+    pub name: Arc<str>,
+    /// Handler attempts run.
+    #[serde(skip)]
+    pub attempts: u32,
+    /// What the handler returned.
+    pub result: CommandResponse,
+}
+
+/// Which concurrency limit was full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LimitScope {
+    /// The runtime-wide limit.
+    Runtime,
+    /// The worker's limit.
+    Worker,
+    /// The command's own limit.
+    Command,
+}
+
+impl LimitScope {
+    /// The wire name.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Runtime => "runtime",
+            Self::Worker => "worker",
+            Self::Command => "command",
+        }
+    }
+}
+
+/// A dispatch that failed: rejected before admission (the request comes back, see
+/// [`into_request`](Self::into_request)), or admitted and then failed, timed out, panicked or
+/// was cancelled.
+///
+/// `Display` never includes a handler's own error text; the private cause is the `source()`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DispatchError {
+    /// The worker name is invalid.
+    #[error("invalid command target: {error}")]
+    InvalidTarget {
+        /// What is wrong with it.
+        error: NameError,
+        /// The request, handed back.
+        request: Box<CommandRequest>,
+    },
+    /// The command name is invalid.
+    #[error("invalid command name: {error}")]
+    InvalidCommandName {
+        /// What is wrong with it.
+        error: NameError,
+        /// The request, handed back.
+        request: Box<CommandRequest>,
+    },
+    /// No worker has this name.
+    #[error("worker not found: {worker}")]
+    WorkerNotFound {
+        /// The name as given.
+        worker: String,
+        /// The request, handed back.
+        request: Box<CommandRequest>,
+    },
+    /// The worker has no such command.
+    #[error("command not found: {worker}/{command}")]
+    CommandNotFound {
+        /// The qualified worker name.
+        worker: String,
+        /// The command name as given.
+        command: String,
+        /// The request, handed back.
+        request: Box<CommandRequest>,
+    },
+    /// The runtime admits no commands (stop-all or shutdown in progress, or its state is
+    /// `failed`, `stopped` or `registered`).
+    #[error("runtime not accepting work: runtime {runtime:?} is in state {}", state.as_str())]
+    RuntimeNotAccepting {
+        /// The runtime's name.
+        runtime: String,
+        /// Its aggregate state.
+        state: LifecycleState,
+        /// The request, handed back.
+        request: Box<CommandRequest>,
+    },
+    /// The worker is not running (for example draining or stopped).
+    #[error("invalid worker state: cannot dispatch to worker {worker:?} in state {}", state.as_str())]
+    InvalidWorkerState {
+        /// The qualified worker name.
+        worker: String,
+        /// Its state.
+        state: LifecycleState,
+        /// The request, handed back.
+        request: Box<CommandRequest>,
+    },
+    /// The worker runs but does not accept work.
+    #[error("worker not accepting work: {worker}")]
+    WorkerNotAccepting {
+        /// The qualified worker name.
+        worker: String,
+        /// The request, handed back.
+        request: Box<CommandRequest>,
+    },
+    /// A concurrency limit was full (and stayed full for the admission wait, if any).
+    #[error("{} command concurrency limit reached: limit={limit}", scope.as_str())]
+    Saturated {
+        /// Which limit.
+        scope: LimitScope,
+        /// Its size.
+        limit: usize,
+        /// A hint for when to retry.
+        retry_after: Duration,
+        /// The request, handed back.
+        request: Box<CommandRequest>,
+    },
+    /// The handler's last attempt returned an error.
+    #[error("command {worker}/{command} failed: {failure}")]
+    Failed {
+        /// The dispatch id.
+        id: DispatchId,
+        /// The qualified worker name.
+        worker: Arc<str>,
+        /// The command name.
+        command: Arc<str>,
+        /// Attempts run.
+        attempts: u32,
+        /// The public failure.
+        failure: Failure,
+        /// The handler's error.
+        #[source]
+        cause: SharedCause,
+    },
+    /// The last attempt ran out of time.
+    #[error("command {worker}/{command} timed out after {attempts} attempt(s)")]
+    TimedOut {
+        /// The dispatch id.
+        id: DispatchId,
+        /// The qualified worker name.
+        worker: Arc<str>,
+        /// The command name.
+        command: Arc<str>,
+        /// Attempts run.
+        attempts: u32,
+        /// The handler's error, if it returned one after its deadline.
+        #[source]
+        cause: Option<SharedCause>,
+    },
+    /// The handler panicked.
+    #[error("command {worker}/{command} failed: {failure}")]
+    Panicked {
+        /// The dispatch id.
+        id: DispatchId,
+        /// The qualified worker name.
+        worker: Arc<str>,
+        /// The command name.
+        command: Arc<str>,
+        /// Attempts run.
+        attempts: u32,
+        /// The public failure (`panic`).
+        failure: Failure,
+    },
+    /// The dispatch was cancelled by id or by its worker's stop.
+    #[error("command {worker}/{command} cancelled ({reason:?})")]
+    Cancelled {
+        /// The dispatch id.
+        id: DispatchId,
+        /// The qualified worker name.
+        worker: Arc<str>,
+        /// The command name.
+        command: Arc<str>,
+        /// Attempts run.
+        attempts: u32,
+        /// Why.
+        reason: CancelReason,
+        /// The handler's error, if it returned one after the cancellation.
+        #[source]
+        cause: Option<SharedCause>,
+    },
+}
+
+impl DispatchError {
+    /// The stable code, which the HTTP layer maps to a status.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidTarget { .. } => "invalid_target",
+            Self::InvalidCommandName { .. } => "invalid_command_name",
+            Self::WorkerNotFound { .. } => "worker_not_found",
+            Self::CommandNotFound { .. } => "command_not_found",
+            Self::RuntimeNotAccepting { .. } => "runtime_not_accepting_work",
+            Self::InvalidWorkerState { .. } => "invalid_worker_state",
+            Self::WorkerNotAccepting { .. } => "worker_not_accepting_work",
+            Self::Saturated { .. } => "saturated",
+            Self::Failed { .. } => "command_failed",
+            Self::TimedOut { .. } => "command_timed_out",
+            Self::Panicked { .. } => "command_panicked",
+            Self::Cancelled { .. } => "command_cancelled",
+        }
+    }
+
+    /// Whether the dispatch was rejected before admission (the handler never ran).
+    #[must_use]
+    pub fn is_rejection(&self) -> bool {
+        self.request().is_some()
+    }
+
+    /// The rejected request, for rejections.
+    #[must_use]
+    pub fn request(&self) -> Option<&CommandRequest> {
+        match self {
+            Self::InvalidTarget { request, .. }
+            | Self::InvalidCommandName { request, .. }
+            | Self::WorkerNotFound { request, .. }
+            | Self::CommandNotFound { request, .. }
+            | Self::RuntimeNotAccepting { request, .. }
+            | Self::InvalidWorkerState { request, .. }
+            | Self::WorkerNotAccepting { request, .. }
+            | Self::Saturated { request, .. } => Some(request),
+            _ => None,
+        }
+    }
+
+    /// Takes the rejected request back, for rejections.
+    #[must_use]
+    pub fn into_request(self) -> Option<CommandRequest> {
+        match self {
+            Self::InvalidTarget { request, .. }
+            | Self::InvalidCommandName { request, .. }
+            | Self::WorkerNotFound { request, .. }
+            | Self::CommandNotFound { request, .. }
+            | Self::RuntimeNotAccepting { request, .. }
+            | Self::InvalidWorkerState { request, .. }
+            | Self::WorkerNotAccepting { request, .. }
+            | Self::Saturated { request, .. } => Some(*request),
+            _ => None,
+        }
+    }
+
+    /// The dispatch id, for admitted dispatches.
+    #[must_use]
+    pub fn dispatch_id(&self) -> Option<DispatchId> {
+        match self {
+            Self::Failed { id, .. }
+            | Self::TimedOut { id, .. }
+            | Self::Panicked { id, .. }
+            | Self::Cancelled { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The retry-after hint, for saturation.
+    #[must_use]
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Saturated { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
+    }
+
+    /// The public failure of an admitted dispatch (handler failure, timeout, panic, cancel).
+    #[must_use]
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            Self::Failed { failure, .. } | Self::Panicked { failure, .. } => Some(failure.clone()),
+            Self::TimedOut { .. } => Some(Failure::deadline_exceeded()),
+            Self::Cancelled { .. } => Some(Failure::canceled()),
+            _ => None,
+        }
+    }
+}
+
+/// The error of [`Runtime::cancel`](crate::Runtime::cancel).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CancelError {
+    /// No dispatch with this id is in flight (it may have finished).
+    #[error("no command in flight with id {0}")]
+    NotFound(DispatchId),
+    /// It was already cancelled.
+    #[error("command {0} was already cancelled")]
+    AlreadyCancelled(DispatchId),
+}
+
+impl CancelError {
+    /// The stable code: `dispatch_not_found` or `already_cancelled`.
+    #[must_use]
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "dispatch_not_found",
+            Self::AlreadyCancelled(_) => "already_cancelled",
+        }
+    }
+}
+
+/// A command in flight, as listed by [`Runtime::in_flight`](crate::Runtime::in_flight).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct InFlightCommand {
+    /// The dispatch id.
+    pub id: DispatchId,
+    /// The qualified worker name.
+    pub worker: Arc<str>,
+    /// The command name.
+    pub command: Arc<str>,
+    /// The worker incarnation that admitted it.
+    pub incarnation: u64,
+    /// Time since it was admitted (tokio clock).
+    #[serde(serialize_with = "seconds")]
+    pub age: Duration,
+    /// Whether it has been cancelled (and is finishing).
+    pub cancelled: bool,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}

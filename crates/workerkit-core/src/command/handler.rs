@@ -1,0 +1,250 @@
+//! Command handlers and the context each attempt runs with.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{CommandRequest, CommandResponse, DispatchId};
+use crate::failure::BoxError;
+use crate::observe::BoxFuture;
+use crate::worker::WorkerContext;
+
+/// Handles one command. Usually made from a closure with [`handler_fn`].
+///
+/// The handler runs once per attempt; a returned error may be retried by the command's retry
+/// policy (unless marked [`permanent`](crate::retry::permanent)); a panic is caught, never
+/// retried, and fails the worker through its panic policy.
+pub trait CommandHandler: Send + Sync + 'static {
+    /// Runs one attempt.
+    fn call(
+        &self,
+        ctx: CommandContext,
+    ) -> impl Future<Output = Result<CommandResponse, BoxError>> + Send;
+}
+
+pub(crate) trait DynHandler: Send + Sync + 'static {
+    fn call_dyn(
+        self: Arc<Self>,
+        ctx: CommandContext,
+    ) -> BoxFuture<'static, Result<CommandResponse, BoxError>>;
+}
+
+impl<H: CommandHandler> DynHandler for H {
+    fn call_dyn(
+        self: Arc<Self>,
+        ctx: CommandContext,
+    ) -> BoxFuture<'static, Result<CommandResponse, BoxError>> {
+        // The future owns the handler's `Arc`, so it may borrow the handler while it runs.
+        Box::pin(async move { self.call(ctx).await })
+    }
+}
+
+/// A handler made from a closure; see [`handler_fn`].
+pub struct HandlerFn<F> {
+    f: F,
+}
+
+impl<F> fmt::Debug for HandlerFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerFn").finish_non_exhaustive()
+    }
+}
+
+/// Makes a handler from an async closure.
+///
+/// ```
+/// use workerkit_core::command::{handler_fn, CommandResponse};
+///
+/// let handler = handler_fn(|ctx| async move {
+///     let n: u64 = ctx.request().json()?;
+///     Ok(CommandResponse::message(format!("got {n}")))
+/// });
+/// # let _ = handler;
+/// ```
+pub fn handler_fn<F, Fut>(f: F) -> HandlerFn<F>
+where
+    F: Fn(CommandContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<CommandResponse, BoxError>> + Send + 'static,
+{
+    HandlerFn { f }
+}
+
+impl<F, Fut> CommandHandler for HandlerFn<F>
+where
+    F: Fn(CommandContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<CommandResponse, BoxError>> + Send + 'static,
+{
+    fn call(
+        &self,
+        ctx: CommandContext,
+    ) -> impl Future<Output = Result<CommandResponse, BoxError>> + Send {
+        (self.f)(ctx)
+    }
+}
+
+/// Why a dispatch was cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// Cancelled by its dispatch id ([`Runtime::cancel`](crate::Runtime::cancel)).
+    Requested,
+    /// Its worker incarnation stopped and the stop cancels in-flight commands.
+    WorkerStopped,
+}
+
+impl CancelReason {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::Requested),
+            2 => Some(Self::WorkerStopped),
+            _ => None,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Self::Requested => 1,
+            Self::WorkerStopped => 2,
+        }
+    }
+}
+
+/// Per-dispatch state shared by the pipeline, the handler's context and the in-flight registry.
+pub(crate) struct DispatchShared {
+    pub(crate) id: DispatchId,
+    pub(crate) request: CommandRequest,
+    pub(crate) worker: WorkerContext,
+    pub(crate) command: Arc<str>,
+    pub(crate) started: Instant,
+    cancel: AtomicU8,
+    notify: Notify,
+}
+
+impl DispatchShared {
+    pub(crate) fn new(
+        id: DispatchId,
+        request: CommandRequest,
+        worker: WorkerContext,
+        command: Arc<str>,
+    ) -> Self {
+        Self {
+            id,
+            request,
+            worker,
+            command,
+            started: Instant::now(),
+            cancel: AtomicU8::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    /// Cancels the dispatch; the first reason wins. Returns whether this call cancelled it.
+    pub(crate) fn cancel(&self, reason: CancelReason) -> bool {
+        let won = self
+            .cancel
+            .compare_exchange(0, reason.as_u8(), Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if won {
+            self.notify.notify_waiters();
+        }
+        won
+    }
+
+    pub(crate) fn cancel_reason(&self) -> Option<CancelReason> {
+        CancelReason::from_u8(self.cancel.load(Ordering::Acquire))
+    }
+
+    pub(crate) async fn cancelled(&self) -> CancelReason {
+        loop {
+            let notified = self.notify.notified();
+            if let Some(reason) = self.cancel_reason() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The context of one command attempt: the request, the dispatch id, the attempt number, the
+/// worker's context, and cancellation.
+#[derive(Clone)]
+pub struct CommandContext {
+    pub(crate) shared: Arc<DispatchShared>,
+    pub(crate) attempt: u32,
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl fmt::Debug for CommandContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandContext")
+            .field("id", &self.shared.id)
+            .field("command", &self.shared.command)
+            .field("attempt", &self.attempt)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CommandContext {
+    /// The request.
+    pub fn request(&self) -> &CommandRequest {
+        &self.shared.request
+    }
+
+    /// The dispatch id.
+    #[must_use]
+    pub fn id(&self) -> DispatchId {
+        self.shared.id
+    }
+
+    /// The attempt number, 1 for the first.
+    #[must_use]
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The context of the worker incarnation that admitted the command (for `report_failure`,
+    /// `set_ready`, ...).
+    #[must_use]
+    pub fn worker(&self) -> &WorkerContext {
+        &self.shared.worker
+    }
+
+    /// This attempt's deadline, if it has a timeout.
+    #[must_use]
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the dispatch was cancelled (by id or by its worker's stop) or the attempt's
+    /// deadline passed.
+    #[must_use]
+    pub fn is_cancelled(&self) -> bool {
+        self.shared.cancel_reason().is_some() || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Completes when the dispatch is cancelled or the attempt's deadline passes: stop work and
+    /// clean up. Under the cooperative timeout mode the runtime waits for the handler to return.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe.
+    pub async fn cancelled(&self) {
+        match self.deadline {
+            Some(deadline) => {
+                tokio::select! {
+                    _ = self.shared.cancelled() => {}
+                    () = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+            None => {
+                self.shared.cancelled().await;
+            }
+        }
+    }
+}

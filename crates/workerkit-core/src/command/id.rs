@@ -1,0 +1,139 @@
+//! Dispatch ids: UUIDv7, unique across processes and restarts, ordered by time.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::retry::JitterRng;
+
+/// The id of one dispatch: a UUIDv7 (48-bit Unix milliseconds, then random bits), so ids are
+/// unique across processes and restarts and sort by creation time.
+///
+/// Displayed in the hyphenated form, e.g. `019a6f0e-7c1d-7b3a-9f2e-4c5d6e7f8a9b`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DispatchId(u128);
+
+thread_local! {
+    static RNG: RefCell<JitterRng> = RefCell::new(JitterRng::from_entropy());
+}
+
+impl DispatchId {
+    /// A new id.
+    #[must_use]
+    pub fn new() -> Self {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+            & 0xFFFF_FFFF_FFFF;
+        let (a, b) = RNG.with(|rng| {
+            let mut rng = rng.borrow_mut();
+            (rng.next_u64(), rng.next_u64())
+        });
+        let rand_a = a & 0x0FFF; // 12 bits
+        let rand_b = b & 0x3FFF_FFFF_FFFF_FFFF; // 62 bits
+        let value = (u128::from(millis) << 80)
+            | (0x7_u128 << 76)
+            | (u128::from(rand_a) << 64)
+            | (0b10_u128 << 62)
+            | u128::from(rand_b);
+        Self(value)
+    }
+
+    /// The 128-bit value.
+    #[must_use]
+    pub const fn as_u128(self) -> u128 {
+        self.0
+    }
+}
+
+impl Default for DispatchId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for DispatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        write!(
+            f,
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            (v >> 96) as u32,
+            (v >> 80) as u16,
+            (v >> 64) as u16,
+            (v >> 48) as u16,
+            v & 0xFFFF_FFFF_FFFF
+        )
+    }
+}
+
+/// The error of parsing a [`DispatchId`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid dispatch id: expected a hyphenated UUID")]
+pub struct ParseDispatchIdError;
+
+impl FromStr for DispatchId {
+    type Err = ParseDispatchIdError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bytes = s.as_bytes();
+        if bytes.len() != 36 || [8, 13, 18, 23].iter().any(|&i| bytes[i] != b'-') {
+            return Err(ParseDispatchIdError);
+        }
+        let hex: String = s.chars().filter(|c| *c != '-').collect();
+        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ParseDispatchIdError);
+        }
+        u128::from_str_radix(&hex, 16)
+            .map(Self)
+            .map_err(|_| ParseDispatchIdError)
+    }
+}
+
+impl serde::Serialize for DispatchId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_v7_unique_and_round_trip() {
+        let a = DispatchId::new();
+        let b = DispatchId::new();
+        assert_ne!(a, b);
+        let text = a.to_string();
+        assert_eq!(text.len(), 36);
+        assert_eq!(&text[14..15], "7", "version 7: {text}");
+        assert!(
+            matches!(&text[19..20], "8" | "9" | "a" | "b"),
+            "variant: {text}"
+        );
+        assert_eq!(text.parse::<DispatchId>().unwrap(), a);
+        assert!("not-a-uuid".parse::<DispatchId>().is_err());
+        assert!(
+            "zzzzzzzz-zzzz-zzzz-zzzz-zzzzzzzzzzzz"
+                .parse::<DispatchId>()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn ids_carry_the_creation_millisecond_in_their_top_bits() {
+        let before = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let id = DispatchId::new();
+        let after = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        let millis = id.as_u128() >> 80;
+        assert!(before <= millis && millis <= after);
+    }
+}

@@ -1,0 +1,832 @@
+//! The dispatch pipeline: resolve → observe → admit → limit → attempt (timeout, panic capture,
+//! observation scope) → retry → bookkeeping → end.
+//!
+//! **Architecture invariant:** every admitted dispatch resolves exactly once and ends its
+//! observation exactly once: by returning, or — if the caller drops the future — in the drop
+//! guard, as `abandoned`. Slots are released before observers see the end.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::error::{CommandResult, DispatchError, LimitScope};
+use super::handler::{CancelReason, CommandContext, DispatchShared};
+use super::table::{CommandEntry, InFlightSlot};
+use super::{AdmissionMode, CommandRequest, CommandResponse, DispatchId, TimeoutMode};
+use crate::error::SharedCause;
+use crate::failure::{BoxError, Failure, PanicError};
+use crate::lifecycle::LifecycleState;
+use crate::name::{validate_command_name, validate_worker_name};
+use crate::observe::{
+    Cause, CommandEndEvent, CommandObservations, CommandOutcome, CommandStartEvent,
+};
+use crate::policy::PanicPolicy;
+use crate::retry::JitterRng;
+use crate::runtime::{Inner, WorkerEntry, ops};
+use crate::time::Timestamp;
+
+type Payload = Box<dyn Any + Send>;
+
+/// Runs one dispatch.
+pub(crate) async fn dispatch(
+    inner: &Arc<Inner>,
+    mut request: CommandRequest,
+) -> Result<CommandResult, DispatchError> {
+    let started_at = Timestamp::now();
+    let began = Instant::now();
+    request.stamp(started_at);
+
+    // Resolve. Names are validated only on a miss: a hit is valid by construction. Nothing is
+    // observed yet, so caller-supplied strings never become telemetry dimensions.
+    let Some(entry) = inner.find_worker(request.worker()) else {
+        return Err(match validate_worker_name(request.worker()) {
+            Err(error) => DispatchError::InvalidTarget {
+                error,
+                request: Box::new(request),
+            },
+            Ok(()) => DispatchError::WorkerNotFound {
+                worker: request.worker().to_owned(),
+                request: Box::new(request),
+            },
+        });
+    };
+    let Some(command) = entry.commands.by_name.get(request.name()).cloned() else {
+        return Err(match validate_command_name(request.name()) {
+            Err(error) => DispatchError::InvalidCommandName {
+                error,
+                request: Box::new(request),
+            },
+            Ok(()) => DispatchError::CommandNotFound {
+                worker: entry.qualified.to_string(),
+                command: request.name().to_owned(),
+                request: Box::new(request),
+            },
+        });
+    };
+    request.canonicalize(&entry.qualified, &command.name);
+    let id = DispatchId::new();
+
+    let observations = if inner.observers.is_empty() {
+        CommandObservations::none()
+    } else {
+        inner.observers.command_start(&CommandStartEvent {
+            runtime: Arc::clone(&inner.name),
+            worker: Arc::clone(&entry.qualified),
+            command: Arc::clone(&command.name),
+            dispatch_id: id,
+            metadata: request.all_metadata().clone(),
+            started_at,
+        })
+    };
+    let end = EndInfo {
+        inner,
+        worker: Arc::clone(&entry.qualified),
+        command: Arc::clone(&command.name),
+        id,
+        started_at,
+        began,
+    };
+
+    let admission = match admit(inner, &entry, &command, request, id).await {
+        Ok(admission) => admission,
+        Err(err) => {
+            let failure = Failure::new(err.code(), rejection_message(&err));
+            end.finish(
+                observations,
+                0,
+                CommandOutcome::Rejected,
+                Some(failure),
+                None,
+            );
+            return Err(err);
+        }
+    };
+    let mut guard = InFlight {
+        inner,
+        entry: &entry,
+        slot: admission.slot,
+        runtime_slot: admission.runtime_slot,
+        released: false,
+        observations: Some(observations),
+        end: &end,
+        attempts: 0,
+    };
+    let shared = admission.shared;
+    let incarnation = admission.incarnation;
+
+    let mut rng: Option<JitterRng> = None;
+    let result = loop {
+        guard.attempts += 1;
+        let attempt = guard.attempts;
+        let now = Instant::now();
+        let budget_deadline = command.retry.budget().map(|b| began + b);
+        let deadline = match (command.timeout.map(|t| now + t), budget_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let ctx = CommandContext {
+            shared: Arc::clone(&shared),
+            attempt,
+            deadline,
+        };
+        let observations = guard.observations.as_ref();
+        let outcome = run_attempt(&command, ctx, observations).await;
+        let failed = match outcome {
+            Ok(response) => break Ok(response),
+            Err(failed) => failed,
+        };
+        let (failure, cause, panic) = failed.present(&entry, &command);
+        record_failure(
+            inner,
+            &entry,
+            incarnation,
+            &command.name,
+            id,
+            attempt,
+            &failure,
+            cause.clone(),
+            panic,
+        );
+        let retry_error: Option<&(dyn std::error::Error + 'static)> = match &failed {
+            Attempt::Failed(err) => Some(&**err),
+            Attempt::TimedOut(Some(err)) => Some(&**err),
+            Attempt::TimedOut(None) => Some(&TIMED_OUT),
+            Attempt::Panicked(_) | Attempt::Cancelled(..) => None,
+        };
+        let delay = retry_error.and_then(|err| {
+            if shared.cancel_reason().is_some() {
+                return None;
+            }
+            let rng = rng.get_or_insert_with(JitterRng::from_entropy);
+            command.retry.next_delay(attempt, err, began.elapsed(), rng)
+        });
+        match delay {
+            None => break Err((failed, failure, cause)),
+            Some(delay) => {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    reason = shared.cancelled() => {
+                        break Err((Attempt::Cancelled(reason, None), Failure::canceled(), None));
+                    }
+                }
+            }
+        }
+    };
+
+    command.record_duration(began.elapsed());
+    let attempts = guard.attempts;
+    match result {
+        Ok(response) => {
+            guard.finish(CommandOutcome::Succeeded, None, None);
+            Ok(CommandResult {
+                id,
+                worker: Arc::clone(&entry.qualified),
+                name: Arc::clone(&command.name),
+                attempts,
+                result: response,
+            })
+        }
+        Err((failed, failure, cause)) => {
+            let worker = Arc::clone(&entry.qualified);
+            let name = Arc::clone(&command.name);
+            let shared_cause = cause.clone().map(SharedCause::new);
+            let (outcome, err, payload) = match failed {
+                Attempt::Failed(failed_cause) => (
+                    CommandOutcome::Failed,
+                    DispatchError::Failed {
+                        id,
+                        worker,
+                        command: name,
+                        attempts,
+                        failure: failure.clone(),
+                        cause: shared_cause
+                            .unwrap_or_else(|| SharedCause::new(Arc::clone(&failed_cause))),
+                    },
+                    None,
+                ),
+                Attempt::TimedOut(_) => (
+                    CommandOutcome::TimedOut,
+                    DispatchError::TimedOut {
+                        id,
+                        worker,
+                        command: name,
+                        attempts,
+                        cause: shared_cause,
+                    },
+                    None,
+                ),
+                Attempt::Cancelled(reason, _) => (
+                    CommandOutcome::Cancelled,
+                    DispatchError::Cancelled {
+                        id,
+                        worker,
+                        command: name,
+                        attempts,
+                        reason,
+                        cause: shared_cause,
+                    },
+                    None,
+                ),
+                Attempt::Panicked(payload) => (
+                    CommandOutcome::Panicked,
+                    DispatchError::Panicked {
+                        id,
+                        worker,
+                        command: name,
+                        attempts,
+                        failure: failure.clone(),
+                    },
+                    Some(payload),
+                ),
+            };
+            guard.finish(outcome, Some(failure), cause);
+            drop(guard);
+            if let Some(payload) = payload {
+                let propagate =
+                    inner.lock().workers[entry.idx].config.panic_policy == PanicPolicy::Propagate;
+                if propagate {
+                    std::panic::resume_unwind(payload);
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+fn rejection_message(err: &DispatchError) -> &'static str {
+    match err {
+        DispatchError::RuntimeNotAccepting { .. } => "runtime not accepting work",
+        DispatchError::InvalidWorkerState { .. } => "invalid worker state",
+        DispatchError::WorkerNotAccepting { .. } => "worker not accepting work",
+        DispatchError::Saturated { .. } => "command concurrency limit reached",
+        _ => "command rejected",
+    }
+}
+
+/// A stand-in error for a timeout that produced no handler error (the handler was dropped).
+#[derive(Debug)]
+struct TimedOutError;
+
+impl std::fmt::Display for TimedOutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("command attempt timed out")
+    }
+}
+
+impl std::error::Error for TimedOutError {}
+
+static TIMED_OUT: TimedOutError = TimedOutError;
+
+/// What is needed to end the observation of a dispatch.
+struct EndInfo<'a> {
+    inner: &'a Inner,
+    worker: Arc<str>,
+    command: Arc<str>,
+    id: DispatchId,
+    started_at: Timestamp,
+    began: Instant,
+}
+
+impl EndInfo<'_> {
+    fn finish(
+        &self,
+        observations: CommandObservations,
+        attempts: u32,
+        outcome: CommandOutcome,
+        failure: Option<Failure>,
+        cause: Option<Cause>,
+    ) {
+        if observations.is_empty() {
+            return;
+        }
+        let event = CommandEndEvent {
+            runtime: Arc::clone(&self.inner.name),
+            worker: Arc::clone(&self.worker),
+            command: Arc::clone(&self.command),
+            dispatch_id: self.id,
+            attempts,
+            outcome,
+            failure,
+            cause,
+            started_at: self.started_at,
+            ended_at: Timestamp::now(),
+            duration: self.began.elapsed(),
+        };
+        for _ in 0..observations.end(&event) {
+            self.inner.observers.count_panic();
+        }
+    }
+}
+
+/// An admitted dispatch's slots. Dropping it (also when the caller drops the dispatch future)
+/// releases them and, if the observation is still open, ends it as `abandoned`.
+struct InFlight<'a> {
+    inner: &'a Inner,
+    entry: &'a WorkerEntry,
+    slot: usize,
+    runtime_slot: bool,
+    released: bool,
+    observations: Option<CommandObservations>,
+    end: &'a EndInfo<'a>,
+    attempts: u32,
+}
+
+impl InFlight<'_> {
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        release_slot(self.inner, self.entry, self.slot, self.runtime_slot);
+    }
+
+    fn finish(&mut self, outcome: CommandOutcome, failure: Option<Failure>, cause: Option<Cause>) {
+        self.release();
+        if let Some(observations) = self.observations.take() {
+            self.end
+                .finish(observations, self.attempts, outcome, failure, cause);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.observations.is_some() || !self.released {
+            self.finish(CommandOutcome::Abandoned, Some(Failure::canceled()), None);
+        }
+    }
+}
+
+/// Releases an admitted dispatch's slots and wakes whoever waits for capacity or idleness.
+fn release_slot(inner: &Inner, entry: &WorkerEntry, slot: usize, runtime_slot: bool) {
+    let wake = {
+        let mut st = entry.commands.lock();
+        st.remove(slot);
+        st.waiting > 0 || st.idle_waiters > 0
+    };
+    if wake {
+        entry.commands.released.notify_waiters();
+    }
+    if runtime_slot {
+        inner.command_limit.release();
+    }
+    inner.release_in_flight();
+}
+
+struct Admission {
+    shared: Arc<DispatchShared>,
+    slot: usize,
+    runtime_slot: bool,
+    incarnation: u64,
+}
+
+/// Decrements the waiting count of a worker if the caller stops waiting.
+struct Waiting<'a> {
+    entry: &'a WorkerEntry,
+    active: bool,
+}
+
+impl Waiting<'_> {
+    fn stop(&mut self) {
+        if std::mem::replace(&mut self.active, false) {
+            let mut st = self.entry.commands.lock();
+            st.waiting = st.waiting.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Admission: runtime, worker, then limits (runtime, worker, command), atomically under the
+/// worker's dispatch mutex; waits for capacity in `AdmissionMode::Wait`.
+async fn admit(
+    inner: &Inner,
+    entry: &WorkerEntry,
+    command: &CommandEntry,
+    request: CommandRequest,
+    id: DispatchId,
+) -> Result<Admission, DispatchError> {
+    let wait_until = match command.admission {
+        AdmissionMode::FailFast => None,
+        AdmissionMode::Wait(d) => Some(Instant::now() + d),
+    };
+    let mut request = Some(request);
+    let mut waiting = Waiting {
+        entry,
+        active: false,
+    };
+    loop {
+        let worker_released = entry.commands.released.notified();
+        let runtime_released = inner.command_limit.released();
+        tokio::pin!(worker_released);
+        tokio::pin!(runtime_released);
+        worker_released.as_mut().enable();
+        runtime_released.as_mut().enable();
+        let saturated = {
+            let mut st = entry.commands.lock();
+            let take = |request: &mut Option<CommandRequest>| {
+                Box::new(
+                    request
+                        .take()
+                        .unwrap_or_else(|| CommandRequest::new("", "")),
+                )
+            };
+            let (open, state) = inner.admission();
+            if !open {
+                drop(st);
+                waiting.stop();
+                return Err(DispatchError::RuntimeNotAccepting {
+                    runtime: inner.name.to_string(),
+                    state,
+                    request: take(&mut request),
+                });
+            }
+            if st.lifecycle != LifecycleState::Running {
+                let state = st.lifecycle;
+                drop(st);
+                waiting.stop();
+                return Err(DispatchError::InvalidWorkerState {
+                    worker: entry.qualified.to_string(),
+                    state,
+                    request: take(&mut request),
+                });
+            }
+            if !st.accepting {
+                drop(st);
+                waiting.stop();
+                return Err(DispatchError::WorkerNotAccepting {
+                    worker: entry.qualified.to_string(),
+                    request: take(&mut request),
+                });
+            }
+            let runtime_slot = inner.command_limit.try_acquire();
+            let scope = if !runtime_slot && inner.command_limit.is_bounded() {
+                Some((LimitScope::Runtime, inner.command_limit.max()))
+            } else if entry
+                .commands
+                .concurrency
+                .is_some_and(|max| st.current >= max)
+            {
+                Some((LimitScope::Worker, entry.commands.concurrency.unwrap_or(0)))
+            } else if command
+                .concurrency
+                .is_some_and(|max| st.per_command[command.index] >= max)
+            {
+                Some((LimitScope::Command, command.concurrency.unwrap_or(0)))
+            } else {
+                None
+            };
+            match (scope, st.ctx.clone()) {
+                (None, Some(ctx)) => {
+                    let Some(req) = request.take() else {
+                        // Unreachable: the request is only taken on the way out.
+                        if runtime_slot {
+                            inner.command_limit.release();
+                        }
+                        continue;
+                    };
+                    let shared =
+                        Arc::new(DispatchShared::new(id, req, ctx, Arc::clone(&command.name)));
+                    let incarnation = st.incarnation;
+                    let slot = st.insert(InFlightSlot {
+                        shared: Arc::clone(&shared),
+                        incarnation,
+                        command: command.index,
+                    });
+                    inner.acquire_in_flight();
+                    drop(st);
+                    waiting.stop();
+                    return Ok(Admission {
+                        shared,
+                        slot,
+                        runtime_slot,
+                        incarnation,
+                    });
+                }
+                (None, None) => {
+                    // Running without a context cannot happen: the context is stored before
+                    // the worker becomes running. Treat it as not running.
+                    if runtime_slot {
+                        inner.command_limit.release();
+                    }
+                    let state = st.lifecycle;
+                    drop(st);
+                    waiting.stop();
+                    return Err(DispatchError::InvalidWorkerState {
+                        worker: entry.qualified.to_string(),
+                        state,
+                        request: take(&mut request),
+                    });
+                }
+                (Some(saturated), _) => {
+                    if runtime_slot {
+                        inner.command_limit.release();
+                    }
+                    let expired = wait_until.is_none_or(|until| Instant::now() >= until);
+                    if expired {
+                        drop(st);
+                        waiting.stop();
+                        return Err(DispatchError::Saturated {
+                            scope: saturated.0,
+                            limit: saturated.1,
+                            retry_after: command.retry_after(),
+                            request: take(&mut request),
+                        });
+                    }
+                    if !waiting.active {
+                        st.waiting += 1;
+                        waiting.active = true;
+                    }
+                    saturated
+                }
+            }
+        };
+        let _ = saturated;
+        let until = wait_until.unwrap_or_else(Instant::now);
+        tokio::select! {
+            () = worker_released => {}
+            () = runtime_released => {}
+            () = tokio::time::sleep_until(until) => {}
+        }
+    }
+}
+
+/// How one attempt failed.
+enum Attempt {
+    Failed(Cause),
+    TimedOut(Option<Cause>),
+    Cancelled(CancelReason, Option<Cause>),
+    Panicked(Payload),
+}
+
+impl Attempt {
+    /// The public failure, private cause and panic flag of this failed attempt.
+    fn present(
+        &self,
+        entry: &WorkerEntry,
+        command: &CommandEntry,
+    ) -> (Failure, Option<Cause>, bool) {
+        match self {
+            Self::Failed(err) => (
+                Failure::from_error(&**err, Failure::command_failed()),
+                Some(Arc::clone(err)),
+                false,
+            ),
+            Self::TimedOut(err) => (Failure::deadline_exceeded(), err.clone(), false),
+            Self::Cancelled(_, err) => (Failure::canceled(), err.clone(), false),
+            Self::Panicked(payload) => {
+                let panic = PanicError::new(
+                    format_args!(
+                        "handling command {:?} for worker {:?}",
+                        &*command.name, &*entry.qualified
+                    ),
+                    &**payload,
+                );
+                let failure = panic.failure().clone();
+                (failure, Some(Arc::new(panic)), true)
+            }
+        }
+    }
+}
+
+/// Records a failed attempt: a failure event, the worker's last command failure (current
+/// incarnation only) and, for a panic of the current incarnation while it runs or drains, the
+/// worker's failure (spec §2.2 rows 15–17).
+#[allow(clippy::too_many_arguments)] // Internal; each argument is a distinct event field.
+fn record_failure(
+    inner: &Inner,
+    entry: &WorkerEntry,
+    incarnation: u64,
+    command: &Arc<str>,
+    id: DispatchId,
+    attempt: u32,
+    failure: &Failure,
+    cause: Option<Cause>,
+    panic: bool,
+) {
+    ops::command_failure(
+        inner,
+        entry.idx,
+        incarnation,
+        ops::CommandFailure {
+            command: Arc::clone(command),
+            id,
+            attempt,
+            failure: failure.clone(),
+            cause,
+            panic,
+        },
+    );
+}
+
+/// Runs one attempt: the handler under panic capture, inside the observations' scope, with the
+/// timeout mode applied.
+async fn run_attempt(
+    command: &CommandEntry,
+    ctx: CommandContext,
+    observations: Option<&CommandObservations>,
+) -> Result<CommandResponse, Attempt> {
+    let shared = Arc::clone(&ctx.shared);
+    let deadline = ctx.deadline;
+    let mut scoped = Scoped {
+        future: Arc::clone(&command.handler).call_dyn(ctx),
+        observations,
+    };
+    let result = match command.timeout_mode {
+        TimeoutMode::Cooperative => (&mut scoped).await,
+        TimeoutMode::Hard { grace } => {
+            tokio::select! {
+                biased;
+                result = &mut scoped => result,
+                () = signal(deadline, &shared) => {
+                    match tokio::time::timeout(grace, &mut scoped).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            return Err(match shared.cancel_reason() {
+                                Some(reason) => Attempt::Cancelled(reason, None),
+                                None => Attempt::TimedOut(None),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Err(payload) => Err(Attempt::Panicked(payload)),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(err)) => {
+            let err: Cause = Arc::from(err);
+            Err(if let Some(reason) = shared.cancel_reason() {
+                Attempt::Cancelled(reason, Some(err))
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                Attempt::TimedOut(Some(err))
+            } else {
+                Attempt::Failed(err)
+            })
+        }
+    }
+}
+
+/// Completes at the attempt's deadline or when the dispatch is cancelled.
+async fn signal(deadline: Option<Instant>, shared: &DispatchShared) {
+    match deadline {
+        Some(deadline) => {
+            tokio::select! {
+                _ = shared.cancelled() => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+        None => {
+            shared.cancelled().await;
+        }
+    }
+}
+
+/// Polls the handler's future inside the observations' scope and under panic capture.
+struct Scoped<'a> {
+    future: Pin<Box<dyn Future<Output = Result<CommandResponse, BoxError>> + Send>>,
+    observations: Option<&'a CommandObservations>,
+}
+
+type Polled = Result<Poll<Result<CommandResponse, BoxError>>, Payload>;
+
+impl Future for Scoped<'_> {
+    type Output = Result<Result<CommandResponse, BoxError>, Payload>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut polled: Option<Polled> = None;
+        {
+            let future = &mut this.future;
+            let mut poll_once = || {
+                polled = Some(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    future.as_mut().poll(cx)
+                })));
+            };
+            match this.observations.filter(|o| !o.is_empty()) {
+                None => poll_once(),
+                Some(observations) => {
+                    // An observer that panics in its scope is contained; the handler is still
+                    // polled exactly once.
+                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        observations.in_scope(&mut poll_once);
+                    }));
+                }
+            }
+        }
+        let polled = match polled {
+            Some(polled) => polled,
+            None => std::panic::catch_unwind(AssertUnwindSafe(|| this.future.as_mut().poll(cx))),
+        };
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+/// Waits until a worker has no command of `incarnation` in flight, or `within` passes; then
+/// cancels the ones left (reason: the worker stopped). Returns how many were cancelled.
+pub(crate) async fn drain_incarnation(
+    entry: &WorkerEntry,
+    incarnation: u64,
+    within: Duration,
+) -> usize {
+    let until = Instant::now() + within;
+    loop {
+        let released = entry.commands.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        let busy = {
+            let mut st = entry.commands.lock();
+            let busy = st.in_flight().any(|s| s.incarnation == incarnation);
+            if busy {
+                st.idle_waiters += 1;
+            }
+            busy
+        };
+        if !busy {
+            return 0;
+        }
+        let timed_out = tokio::time::timeout_at(until, released).await.is_err();
+        entry.commands.lock().idle_waiters -= 1;
+        if timed_out {
+            break;
+        }
+    }
+    let st = entry.commands.lock();
+    st.in_flight()
+        .filter(|s| s.incarnation == incarnation)
+        .filter(|s| s.shared.cancel(CancelReason::WorkerStopped))
+        .count()
+}
+
+/// Waits until a worker has no command in flight.
+pub(crate) async fn wait_worker_idle(entry: &WorkerEntry) {
+    loop {
+        let released = entry.commands.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        {
+            let mut st = entry.commands.lock();
+            if st.total == 0 {
+                return;
+            }
+            st.idle_waiters += 1;
+        }
+        struct Leave<'a>(&'a WorkerEntry);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                let mut st = self.0.commands.lock();
+                st.idle_waiters = st.idle_waiters.saturating_sub(1);
+            }
+        }
+        let _leave = Leave(entry);
+        released.await;
+    }
+}
+
+/// Cancels one in-flight dispatch by id, wherever it runs.
+pub(crate) fn cancel(inner: &Inner, id: DispatchId) -> Result<(), super::CancelError> {
+    for entry in inner.all_workers() {
+        let st = entry.commands.lock();
+        if let Some(slot) = st.in_flight().find(|s| s.shared.id == id) {
+            return if slot.shared.cancel(CancelReason::Requested) {
+                Ok(())
+            } else {
+                Err(super::CancelError::AlreadyCancelled(id))
+            };
+        }
+    }
+    Err(super::CancelError::NotFound(id))
+}
+
+/// Every in-flight dispatch.
+pub(crate) fn in_flight(inner: &Inner) -> Vec<super::InFlightCommand> {
+    let now = Instant::now();
+    let mut list = Vec::new();
+    for entry in inner.all_workers() {
+        let st = entry.commands.lock();
+        list.extend(st.in_flight().map(|s| super::InFlightCommand {
+            id: s.shared.id,
+            worker: Arc::clone(&entry.qualified),
+            command: Arc::clone(&s.shared.command),
+            incarnation: s.incarnation,
+            age: now.saturating_duration_since(s.shared.started),
+            cancelled: s.shared.cancel_reason().is_some(),
+        }));
+    }
+    list.sort_by_key(|c| c.id);
+    list
+}
