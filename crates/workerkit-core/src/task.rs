@@ -22,27 +22,71 @@ where
 }
 
 /// A future that resolves to `Err(payload)` instead of unwinding when the inner future panics.
+///
+/// The inner future is `Unpin` (worker code reaches the runtime as boxed futures), so no extra
+/// allocation is made.
 pub(crate) struct CatchUnwind<F> {
-    inner: Pin<Box<F>>,
+    inner: F,
 }
 
-impl<F: Future> CatchUnwind<F> {
+impl<F: Future + Unpin> CatchUnwind<F> {
     pub(crate) fn new(future: F) -> Self {
-        Self {
-            inner: Box::pin(future),
-        }
+        Self { inner: future }
     }
 }
 
-impl<F: Future> Future for CatchUnwind<F> {
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Box<dyn Any + Send>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.inner.as_mut();
+        let inner = Pin::new(&mut self.inner);
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
             Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+/// A one-shot stop signal: cheap to clone (one `Arc`), fired once, awaited by any number.
+///
+/// Lighter than a `CancellationToken` (no tree of children, no lock on clone or drop), which
+/// matters because every worker context carries one.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Signal(std::sync::Arc<SignalInner>);
+
+#[derive(Debug, Default)]
+struct SignalInner {
+    fired: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Signal {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fires the signal (once; later calls do nothing).
+    pub(crate) fn cancel(&self) {
+        if !self.0.fired.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.0.notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.0.fired.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Completes once the signal has fired.
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
         }
     }
 }

@@ -8,8 +8,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::failure::BoxError;
 use crate::observe::{
-    CheckEndEvent, CheckStartEvent, FailureEvent, Observer, OperationEvent, ReadinessEvent,
-    TransitionEvent,
+    CheckEndEvent, CheckStartEvent, CommandEndEvent, CommandObservation, CommandStartEvent,
+    FailureEvent, Observer, OperationEvent, ReadinessEvent, TransitionEvent,
 };
 use crate::worker::{Worker, WorkerContext};
 
@@ -29,12 +29,17 @@ pub enum Recorded {
     CheckStart(CheckStartEvent),
     /// A check end.
     CheckEnd(CheckEndEvent),
+    /// A dispatch to a resolved command began.
+    CommandStart(CommandStartEvent),
+    /// A dispatch ended (exactly one per [`Recorded::CommandStart`]).
+    CommandEnd(CommandEndEvent),
 }
 
 impl Recorded {
     /// A compact text form for assertions: `T rt/a registered->starting`, `T rt registered->
     /// starting` (runtime), `R rt/a true`, `F rt/a worker_failed`, `F! rt/a panic` (panic),
-    /// `O start started`, `C rt/a ready`.
+    /// `O start started`, `C rt/a ready`, `S rt/a/cmd` (command start), `E rt/a/cmd succeeded`
+    /// (command end, with its outcome).
     #[must_use]
     pub fn brief(&self) -> String {
         fn who(worker: Option<&Arc<str>>, runtime: &str) -> String {
@@ -64,6 +69,8 @@ impl Recorded {
             }
             Self::CheckStart(e) => format!("C {} start", e.worker),
             Self::CheckEnd(e) => format!("C {} {}", e.worker, e.outcome.as_str()),
+            Self::CommandStart(e) => format!("S {}/{}", e.worker, e.command),
+            Self::CommandEnd(e) => format!("E {}/{} {}", e.worker, e.command, e.outcome.as_str()),
         }
     }
 }
@@ -132,6 +139,30 @@ impl RecordingObserver {
             .collect()
     }
 
+    /// Only the command start events.
+    #[must_use]
+    pub fn command_starts(&self) -> Vec<CommandStartEvent> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Recorded::CommandStart(s) => Some(s),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Only the command end events.
+    #[must_use]
+    pub fn command_ends(&self) -> Vec<CommandEndEvent> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Recorded::CommandEnd(end) => Some(end),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Forgets everything recorded so far.
     pub fn clear(&self) {
         self.events
@@ -170,6 +201,24 @@ impl Observer for RecordingObserver {
     }
     fn on_check_end(&self, event: &CheckEndEvent) {
         self.push(Recorded::CheckEnd(event.clone()));
+    }
+    fn on_command_start(&self, event: &CommandStartEvent) -> Option<Box<dyn CommandObservation>> {
+        self.push(Recorded::CommandStart(event.clone()));
+        Some(Box::new(RecordedCommand {
+            recorder: self.clone(),
+        }))
+    }
+}
+
+/// The observation a [`RecordingObserver`] returns for each dispatch: records its end.
+#[derive(Debug)]
+struct RecordedCommand {
+    recorder: RecordingObserver,
+}
+
+impl CommandObservation for RecordedCommand {
+    fn end(self: Box<Self>, event: &CommandEndEvent) {
+        self.recorder.push(Recorded::CommandEnd(event.clone()));
     }
 }
 

@@ -86,6 +86,66 @@ where
     }
 }
 
+/// A handler taking and returning `serde` types; see [`json_handler`].
+pub struct JsonHandler<F, In> {
+    f: F,
+    _input: std::marker::PhantomData<fn(In)>,
+}
+
+impl<F, In> fmt::Debug for JsonHandler<F, In> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JsonHandler").finish_non_exhaustive()
+    }
+}
+
+/// Makes a handler that decodes the payload into `In` and encodes its `Out` as the response
+/// payload. An absent payload decodes as JSON `null` (so `In = Option<T>` accepts it); a payload
+/// that does not decode fails with a permanent `invalid_payload` error, never a panic.
+///
+/// ```
+/// use workerkit_core::command::json_handler;
+///
+/// #[derive(serde::Deserialize)]
+/// struct Resize { size: u32 }
+///
+/// let handler = json_handler(|_ctx, input: Resize| async move {
+///     Ok::<_, std::io::Error>(serde_json::json!({ "resized_to": input.size }))
+/// });
+/// # let _ = handler;
+/// ```
+pub fn json_handler<F, Fut, In, Out, E>(f: F) -> JsonHandler<F, In>
+where
+    F: Fn(CommandContext, In) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Out, E>> + Send + 'static,
+    In: serde::de::DeserializeOwned + Send + 'static,
+    Out: serde::Serialize,
+    E: Into<BoxError>,
+{
+    JsonHandler {
+        f,
+        _input: std::marker::PhantomData,
+    }
+}
+
+impl<F, Fut, In, Out, E> CommandHandler for JsonHandler<F, In>
+where
+    F: Fn(CommandContext, In) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Out, E>> + Send + 'static,
+    In: serde::de::DeserializeOwned + Send + 'static,
+    Out: serde::Serialize,
+    E: Into<BoxError>,
+{
+    async fn call(&self, ctx: CommandContext) -> Result<CommandResponse, BoxError> {
+        let input: In = match ctx.request().raw_payload() {
+            None => In::deserialize(serde_json::Value::Null),
+            Some(value) => In::deserialize(value),
+        }
+        .map_err(|e| super::PayloadError::Invalid(e.to_string()))?;
+        let output = (self.f)(ctx, input).await.map_err(Into::into)?;
+        Ok(CommandResponse::json(&output)?)
+    }
+}
+
 /// Why a dispatch was cancelled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

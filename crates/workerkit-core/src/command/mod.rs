@@ -21,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{CancelError, CommandResult, DispatchError, InFlightCommand, LimitScope};
-pub use handler::{CancelReason, CommandContext, CommandHandler, HandlerFn, handler_fn};
+pub use handler::{
+    CancelReason, CommandContext, CommandHandler, HandlerFn, JsonHandler, handler_fn, json_handler,
+};
 pub use id::{DispatchId, ParseDispatchIdError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

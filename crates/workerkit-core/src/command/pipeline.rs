@@ -827,6 +827,8 @@ pub(crate) fn in_flight(inner: &Inner) -> Vec<super::InFlightCommand> {
             cancelled: s.shared.cancel_reason().is_some(),
         }));
     }
-    list.sort_by_key(|c| c.id);
+    // Oldest (longest in flight) first. Not by id alone: UUIDv7 ids order by millisecond only,
+    // so ids made within one millisecond would list in random order.
+    list.sort_by(|a, b| b.age.cmp(&a.age).then_with(|| a.id.cmp(&b.id)));
     list
 }

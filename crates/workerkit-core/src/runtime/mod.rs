@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::task::Signal;
 use tokio::sync::{Semaphore, watch};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use builder::Defaults;
@@ -84,7 +84,7 @@ impl Inner {
     /// change feed bumped and the queued events delivered (after unlocking).
     pub(crate) fn mutate<R>(&self, f: impl FnOnce(&mut State, Timestamp) -> R) -> (R, u64) {
         let now = Timestamp::now();
-        let (result, seq, version) = {
+        let (result, seq, version, pending) = {
             let mut st = self.lock();
             let result = f(&mut st, now);
             st.commit(now);
@@ -92,10 +92,14 @@ impl Inner {
             let word =
                 u8::try_from(st.runtime_state.index()).unwrap_or(0) | if open { 0x80 } else { 0 };
             self.admission.store(word, Ordering::SeqCst);
-            (result, st.last_seq(), st.version)
+            (result, st.last_seq(), st.version, st.events_pending() > 0)
         };
-        self.changes.send_replace(version);
-        self.flush_events();
+        if self.changes.receiver_count() > 0 {
+            self.changes.send_replace(version);
+        }
+        if pending {
+            self.flush_events();
+        }
         (result, seq)
     }
 
@@ -438,7 +442,7 @@ impl Runtime {
                 slot: tokio::sync::Mutex::new(slot),
                 factory,
                 check,
-                exit: watch::Sender::new(None),
+                exit: tokio::sync::Notify::new(),
                 check_task: Mutex::new(None),
             });
             let record = WorkerRecord {
@@ -458,7 +462,8 @@ impl Runtime {
                 last_failure: None,
                 last_command_failure: None,
                 last_exit: None,
-                token: CancellationToken::new(),
+                token: Signal::new(),
+                mirrored: (0, LifecycleState::Registered, false),
             };
             st.add_worker(record);
             inner
@@ -531,7 +536,7 @@ impl Runtime {
             .collect()
     }
 
-    /// The commands in flight, by dispatch id (oldest first).
+    /// The commands in flight, oldest (longest in flight) first; ties by dispatch id.
     #[must_use]
     pub fn in_flight(&self) -> Vec<crate::command::InFlightCommand> {
         crate::command::pipeline::in_flight(&self.inner)
@@ -677,25 +682,18 @@ impl Runtime {
             };
             (Arc::clone(&rec.entry), target)
         };
-        let mut rx = entry.exit.subscribe();
-        let exit = rx
-            .wait_for(|exit| exit.as_ref().is_some_and(|e| e.incarnation >= target))
-            .await
-            .map_err(|_| LifecycleError::Interrupted {
-                operation: Operation::Stop,
-            })?;
-        match &*exit {
-            Some(exit) => Ok(exit.clone()),
-            None => Err(LifecycleError::Interrupted {
-                operation: Operation::Stop,
-            }),
+        loop {
+            let exited = entry.exit.notified();
+            tokio::pin!(exited);
+            exited.as_mut().enable();
+            let last = self.inner.lock().workers[idx].last_exit.clone();
+            if let Some(exit) = last.filter(|e| e.incarnation >= target) {
+                return Ok(exit);
+            }
+            exited.await;
         }
     }
 
-    /// Runs a lifecycle operation: refuses reentrant calls, waits for the gate in the caller's
-    /// future (so dropping it before the gate is won does nothing), then runs `body` to
-    /// completion in a tracked task (so dropping it afterwards does not leave a half-done
-    /// transition).
     /// Refuses calls that would deadlock: from inside a lifecycle operation of this runtime, or
     /// from a worker's own loop task when the operation would stop that worker (`stops`: the
     /// worker index, or `usize::MAX` for every worker). Also refuses calls outside tokio.
@@ -725,6 +723,10 @@ impl Runtime {
         Ok(())
     }
 
+    /// Runs a lifecycle operation: refuses reentrant calls, waits for the gate in the caller's
+    /// future (so dropping it before the gate is won does nothing), then runs `body` to
+    /// completion in a tracked task (so dropping it afterwards does not leave a half-done
+    /// transition).
     async fn gated<T, F, Fut>(
         &self,
         operation: Operation,

@@ -6,6 +6,7 @@
 //! context calls (`set_ready`, `report_failure`, ...) take the state lock only.
 
 use std::any::Any;
+use std::future::Future as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,19 +33,48 @@ enum Outcome {
     Panicked(Payload),
 }
 
+/// A deadline timer reused across the workers of a bulk operation: re-arming one registered
+/// timer is much cheaper than registering (and waking the timer driver for) one per worker.
+#[derive(Default)]
+pub(super) struct Deadline {
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Deadline {
+    fn arm(&mut self, at: Instant) -> std::pin::Pin<&mut tokio::time::Sleep> {
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        sleep.as_mut().reset(at);
+        sleep.as_mut()
+    }
+}
+
 /// Runs worker code under panic capture and an optional timeout (the future is dropped at the
-/// deadline).
-async fn guarded<F>(timeout: Option<Duration>, future: F) -> Outcome
+/// deadline). Worker code that finishes at its first poll never arms the timer.
+async fn guarded<F>(limit: Option<Duration>, timer: &mut Deadline, future: F) -> Outcome
 where
-    F: std::future::Future<Output = Result<(), BoxError>>,
+    F: std::future::Future<Output = Result<(), BoxError>> + Unpin,
 {
-    let future = CatchUnwind::new(future);
-    let result = match timeout {
-        Some(limit) => match tokio::time::timeout(limit, future).await {
-            Ok(result) => result,
-            Err(_) => return Outcome::TimedOut,
-        },
-        None => future.await,
+    let mut future = CatchUnwind::new(future);
+    let first = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
+            std::task::Poll::Ready(result) => Some(result),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await;
+    let result = match (first, limit) {
+        (Some(result), _) => result,
+        (None, None) => future.await,
+        (None, Some(limit)) => {
+            let sleep = timer.arm(Instant::now() + limit);
+            tokio::select! {
+                biased;
+                result = &mut future => result,
+                () = sleep => return Outcome::TimedOut,
+            }
+        }
     };
     match result {
         Ok(Ok(())) => Outcome::Ok,
@@ -119,11 +149,13 @@ pub(super) async fn single(
         OperationPhase::Started,
         began,
     );
+    let mut timer = Deadline::default();
     let (result, payload) = match operation {
-        Operation::Start => start(inner, idx).await,
-        Operation::Stop => stop(inner, idx, None).await,
-        _ => (drain(inner, idx), None),
+        Operation::Start => start(inner, idx, &mut timer).await,
+        Operation::Stop => stop(inner, idx, None, &mut timer).await,
+        _ => (drain(inner, idx).map(|_| ()), None),
     };
+    let result = result.map(|()| inner.lock().workers[idx].status());
     let phase = match &result {
         Ok(_) => OperationPhase::Succeeded,
         Err(err) => OperationPhase::Failed(public_failure(err)),
@@ -159,7 +191,8 @@ fn operation_event(
 pub(super) async fn start(
     inner: &Arc<Inner>,
     idx: usize,
-) -> (Result<WorkerStatus, LifecycleError>, Option<Payload>) {
+    timer: &mut Deadline,
+) -> (Result<(), LifecycleError>, Option<Payload>) {
     let (begin, _) = inner.mutate(|st, now| {
         if st.shut_down {
             return Err(LifecycleError::ShutDown {
@@ -176,7 +209,7 @@ pub(super) async fn start(
             rec.accepting_set_during_start = false;
             rec.failure_reported_during_start = false;
             rec.escalated = false;
-            rec.token = tokio_util::sync::CancellationToken::new();
+            rec.token = crate::task::Signal::new();
         });
         st.transition(idx, LifecycleState::Starting, now);
         st.set_ready(idx, false, now);
@@ -213,7 +246,7 @@ pub(super) async fn start(
         }
         match (made, slot.as_mut()) {
             (Outcome::Ok, Some(worker)) => {
-                guarded(config.start_timeout, worker.start_dyn(ctx.clone())).await
+                guarded(config.start_timeout, timer, worker.start_dyn(ctx.clone())).await
             }
             (Outcome::Ok, None) => Outcome::Err("worker instance unavailable".into()),
             (other, _) => other,
@@ -250,7 +283,7 @@ pub(super) async fn start(
                 });
                 st.transition(idx, LifecycleState::Failed, now);
                 st.set_ready(idx, false, now);
-                st.workers[idx].entry.exit.send_replace(Some(exit));
+                st.workers[idx].entry.exit.notify_waiters();
                 return Err(LifecycleError::StartFailed {
                     worker: st.workers[idx].entry.qualified.to_string(),
                     failure,
@@ -274,7 +307,7 @@ pub(super) async fn start(
             });
             st.transition(idx, LifecycleState::Running, now);
             st.set_ready(idx, ready, now);
-            Ok(st.workers[idx].status())
+            Ok(())
         });
         if result.is_err() {
             token.cancel();
@@ -316,7 +349,7 @@ pub(super) async fn start(
         if !reported || panic {
             st.failure_event(idx, incarnation, &failure, cause.clone(), panic, true, now);
         }
-        st.workers[idx].entry.exit.send_replace(Some(exit));
+        st.workers[idx].entry.exit.notify_waiters();
         Err(LifecycleError::StartFailed {
             worker: st.workers[idx].entry.qualified.to_string(),
             failure: failure.clone(),
@@ -353,7 +386,8 @@ pub(super) async fn stop(
     inner: &Arc<Inner>,
     idx: usize,
     budget: Option<Duration>,
-) -> (Result<WorkerStatus, LifecycleError>, Option<Payload>) {
+    timer: &mut Deadline,
+) -> (Result<(), LifecycleError>, Option<Payload>) {
     let (begin, _) = inner.mutate(|st, now| {
         if !st.workers[idx].lifecycle.can_stop() {
             return Err(invalid_state(inner, idx, st, Operation::Stop));
@@ -403,7 +437,7 @@ pub(super) async fn stop(
     let outcome = {
         let mut slot = entry.slot.lock().await;
         let outcome = match slot.as_mut() {
-            Some(worker) => guarded(limit, worker.stop_dyn(ctx)).await,
+            Some(worker) => guarded(limit, timer, worker.stop_dyn(ctx)).await,
             None => Outcome::Ok,
         };
         if matches!(outcome, Outcome::Ok) && entry.factory.is_some() {
@@ -414,12 +448,11 @@ pub(super) async fn stop(
     };
 
     if matches!(outcome, Outcome::Ok) {
-        let (status, _) = inner.mutate(|st, now| {
+        inner.mutate(|st, now| {
             st.transition(idx, LifecycleState::Stopped, now);
             publish_exit_once(st, idx, incarnation, ExitReason::Stopped, None, now);
-            st.workers[idx].status()
         });
-        return (Ok(status), None);
+        return (Ok(()), None);
     }
     let (failure, cause, reason, panic) = classify(
         &outcome,
@@ -467,7 +500,7 @@ fn publish_exit_once(
         at: now,
     };
     st.modify(idx, |rec| rec.last_exit = Some(exit.clone()));
-    st.workers[idx].entry.exit.send_replace(Some(exit));
+    st.workers[idx].entry.exit.notify_waiters();
 }
 
 fn snapshot_states(inner: &Inner) -> Vec<(usize, LifecycleState)> {
@@ -513,11 +546,12 @@ pub(super) async fn start_all(inner: &Arc<Inner>) -> Result<(), LifecycleError> 
             };
             return (Err(err), None);
         }
+        let mut timer = Deadline::default();
         for (idx, state) in snapshot_states(inner) {
             match state {
                 LifecycleState::Running => {}
                 s if s.can_start() => {
-                    let (result, payload) = start(inner, idx).await;
+                    let (result, payload) = start(inner, idx, &mut timer).await;
                     if let Err(err) = result {
                         return (Err(err), payload);
                     }
@@ -554,14 +588,15 @@ async fn stop_every(
     let mut stopped = Vec::new();
     let mut errors = Vec::new();
     let mut first_payload = None;
+    let mut timer = Deadline::default();
     for (idx, state) in snapshot_states(inner).into_iter().rev() {
         if !state.can_stop() {
             continue;
         }
         let budget = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let (result, payload) = stop(inner, idx, budget).await;
+        let (result, payload) = stop(inner, idx, budget, &mut timer).await;
         match result {
-            Ok(status) => stopped.push(status.name.to_string()),
+            Ok(()) => stopped.push(inner.lock().workers[idx].entry.qualified.to_string()),
             Err(err) => errors.push(err),
         }
         if first_payload.is_none() {

@@ -9,9 +9,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use crate::task::Signal;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::failure::Failure;
 use crate::lifecycle::LifecycleState;
@@ -49,8 +48,8 @@ pub(crate) struct WorkerEntry {
     pub(crate) slot: tokio::sync::Mutex<Option<Box<dyn DynWorker>>>,
     pub(crate) factory: Option<Factory>,
     pub(crate) check: Option<ReadinessCheck>,
-    /// The last exit, for `wait_exit`.
-    pub(crate) exit: watch::Sender<Option<Exit>>,
+    /// Notified when an incarnation's exit is recorded (`WorkerRecord::last_exit`).
+    pub(crate) exit: tokio::sync::Notify,
     /// The readiness-check task of the current incarnation.
     pub(crate) check_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Commands and their dispatch state.
@@ -78,7 +77,9 @@ pub(crate) struct WorkerRecord {
     pub(crate) last_command_failure: Option<CommandFailureRecord>,
     pub(crate) last_exit: Option<Exit>,
     /// Fires when this incarnation is asked to stop or ends.
-    pub(crate) token: CancellationToken,
+    pub(crate) token: Signal,
+    /// What was last mirrored into the dispatch state: incarnation, lifecycle, accepting.
+    pub(crate) mirrored: (u64, LifecycleState, bool),
 }
 
 impl WorkerRecord {
@@ -293,11 +294,15 @@ impl State {
         self.aggregate.apply(before, -1);
         self.aggregate.apply(after, 1);
         // Mirror what command admission needs into the worker's dispatch state (lock order:
-        // state lock, then dispatch mutex).
-        rec.entry
-            .commands
-            .lock()
-            .mirror(rec.incarnation, rec.lifecycle, rec.accepting);
+        // state lock, then dispatch mutex), when it changed.
+        let mirrored = (rec.incarnation, rec.lifecycle, rec.accepting);
+        if mirrored != rec.mirrored {
+            rec.entry
+                .commands
+                .lock()
+                .mirror(mirrored.0, mirrored.1, mirrored.2);
+            self.workers[idx].mirrored = mirrored;
+        }
         result
     }
 

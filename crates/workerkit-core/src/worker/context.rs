@@ -4,9 +4,9 @@ use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Weak};
 
+use crate::task::Signal;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::ContextError;
 use crate::failure::{BoxError, Failure};
@@ -26,9 +26,8 @@ pub struct WorkerContext {
     local: Arc<str>,
     qualified: Arc<str>,
     incarnation: u64,
-    token: CancellationToken,
+    token: Signal,
     deadline: Option<Instant>,
-    has_check: bool,
 }
 
 impl fmt::Debug for WorkerContext {
@@ -48,7 +47,7 @@ impl WorkerContext {
         idx: usize,
         entry: &crate::runtime::WorkerEntry,
         incarnation: u64,
-        token: CancellationToken,
+        token: Signal,
         deadline: Option<Instant>,
     ) -> Self {
         Self {
@@ -59,13 +58,7 @@ impl WorkerContext {
             incarnation,
             token,
             deadline,
-            has_check: entry.check.is_some(),
         }
-    }
-
-    /// Whether the worker has a readiness check (which then decides its readiness).
-    pub(crate) fn has_readiness_check(&self) -> bool {
-        self.has_check
     }
 
     pub(crate) fn without_deadline(&self) -> Self {
@@ -87,7 +80,7 @@ impl WorkerContext {
         self.idx
     }
 
-    pub(crate) fn token(&self) -> &CancellationToken {
+    pub(crate) fn token(&self) -> &Signal {
         &self.token
     }
 
@@ -245,7 +238,7 @@ impl WorkerContext {
 /// An owned, clonable stop signal of one incarnation; see [`WorkerContext::stop_signal`].
 #[derive(Clone, Debug)]
 pub struct StopSignal {
-    token: CancellationToken,
+    token: Signal,
 }
 
 impl StopSignal {

@@ -148,8 +148,9 @@ impl LoopWorker {
         self
     }
 
-    /// Whether the worker is marked ready once the loop launched (default true). Without it,
-    /// the loop calls [`WorkerContext::set_ready`] itself. A worker with a
+    /// Whether the worker becomes ready once the loop launched (default true): it then follows
+    /// the spec's `ready_on_start` (default true). Without it, the worker starts unready and the
+    /// loop calls [`WorkerContext::set_ready`] itself. A worker with a
     /// [`ReadinessCheck`](crate::ReadinessCheck) is never auto-ready: the check decides.
     pub fn auto_ready(mut self, auto_ready: bool) -> Self {
         self.auto_ready = auto_ready;
@@ -322,10 +323,8 @@ impl Worker for LoopWorker {
         );
         self.task = Some(ctx.spawn_loop(task));
         self.previous = Some(ctx.stop_signal());
-        // A readiness check, when the worker has one, decides readiness instead.
-        if self.auto_ready && !ctx.has_readiness_check() {
-            ctx.set_ready(true)?;
-        }
+        // With auto-ready, readiness follows the spec's `ready_on_start` (default true) when the
+        // start succeeds; a readiness check, when the worker has one, decides instead.
         Ok(())
     }
 
