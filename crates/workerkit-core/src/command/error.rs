@@ -41,6 +41,14 @@ pub enum LimitScope {
 }
 
 impl LimitScope {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Runtime => "runtime command",
+            Self::Worker => "worker command",
+            Self::Command => "command",
+        }
+    }
+
     /// The wire name.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
@@ -124,7 +132,7 @@ pub enum DispatchError {
         request: Box<CommandRequest>,
     },
     /// A concurrency limit was full (and stayed full for the admission wait, if any).
-    #[error("{} command concurrency limit reached: limit={limit}", scope.as_str())]
+    #[error("{} concurrency limit reached: limit={limit}", scope.describe())]
     Saturated {
         /// Which limit.
         scope: LimitScope,
@@ -182,7 +190,7 @@ pub enum DispatchError {
         failure: Failure,
     },
     /// The dispatch was cancelled by id or by its worker's stop.
-    #[error("command {worker}/{command} cancelled ({reason:?})")]
+    #[error("command {worker}/{command} cancelled ({reason})")]
     Cancelled {
         /// The dispatch id.
         id: DispatchId,
@@ -336,4 +344,26 @@ pub struct InFlightCommand {
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
+}
+
+/// The error a retry predicate sees for an attempt that ran out of time; its `source()` is the
+/// handler's own error when it returned one after its deadline (cooperative timeout), and none
+/// when the handler was dropped (hard timeout).
+#[derive(Debug)]
+pub struct AttemptTimedOut {
+    pub(crate) source: Option<crate::observe::Cause>,
+}
+
+impl std::fmt::Display for AttemptTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("command attempt timed out")
+    }
+}
+
+impl std::error::Error for AttemptTimedOut {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
 }

@@ -137,10 +137,14 @@ where
 {
     async fn call(&self, ctx: CommandContext) -> Result<CommandResponse, BoxError> {
         let input: In = match ctx.request().raw_payload() {
-            None => In::deserialize(serde_json::Value::Null),
-            Some(value) => In::deserialize(value),
-        }
-        .map_err(|e| super::PayloadError::Invalid(e.to_string()))?;
+            // An absent payload is `null` to types that accept it (`Option<T>`, `()`), and
+            // "payload required" to the others.
+            None => In::deserialize(serde_json::Value::Null)
+                .map_err(|_| super::PayloadError::Missing)?,
+            Some(value) => {
+                In::deserialize(value).map_err(|e| super::PayloadError::Invalid(e.to_string()))?
+            }
+        };
         let output = (self.f)(ctx, input).await.map_err(Into::into)?;
         Ok(CommandResponse::json(&output)?)
     }
@@ -158,6 +162,15 @@ pub enum CancelReason {
 }
 
 impl CancelReason {
+    /// The wire name (`requested`, `worker_stopped`).
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::WorkerStopped => "worker_stopped",
+        }
+    }
+
     fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(Self::Requested),
@@ -171,6 +184,12 @@ impl CancelReason {
             Self::Requested => 1,
             Self::WorkerStopped => 2,
         }
+    }
+}
+
+impl fmt::Display for CancelReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
     }
 }
 

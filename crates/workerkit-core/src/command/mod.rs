@@ -20,7 +20,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::{CancelError, CommandResult, DispatchError, InFlightCommand, LimitScope};
+pub use error::{
+    AttemptTimedOut, CancelError, CommandResult, DispatchError, InFlightCommand, LimitScope,
+};
 pub use handler::{
     CancelReason, CommandContext, CommandHandler, HandlerFn, JsonHandler, handler_fn, json_handler,
 };
@@ -42,6 +44,7 @@ pub type Metadata = BTreeMap<String, String>;
 #[derive(Clone, Debug, PartialEq)]
 #[must_use]
 pub struct CommandRequest {
+    id: Option<DispatchId>,
     worker: String,
     name: String,
     payload: Option<Value>,
@@ -53,6 +56,7 @@ impl CommandRequest {
     /// A request for command `name` of `worker` (local or qualified name), with no payload.
     pub fn new(worker: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
+            id: None,
             worker: worker.into(),
             name: name.into(),
             payload: None,
@@ -87,6 +91,20 @@ impl CommandRequest {
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
         self
+    }
+
+    /// Sets the dispatch id up front (default: a new [`DispatchId`] at dispatch), so a caller
+    /// that runs the dispatch in the background can list or cancel it by that id. Ids should be
+    /// unique: use [`DispatchId::new`].
+    pub fn with_id(mut self, id: DispatchId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// The id set with [`with_id`](Self::with_id), if any.
+    #[must_use]
+    pub fn preset_id(&self) -> Option<DispatchId> {
+        self.id
     }
 
     /// Sets when the request was made (default: when it is dispatched).

@@ -24,7 +24,7 @@ use crate::failure::{BoxError, Failure, PanicError};
 use crate::lifecycle::LifecycleState;
 use crate::name::{validate_command_name, validate_worker_name};
 use crate::observe::{
-    Cause, CommandEndEvent, CommandObservations, CommandOutcome, CommandStartEvent,
+    Cause, CommandEndEvent, CommandObservations, CommandOutcome, CommandStartEvent, Observers,
 };
 use crate::policy::PanicPolicy;
 use crate::retry::JitterRng;
@@ -70,7 +70,7 @@ pub(crate) async fn dispatch(
         });
     };
     request.canonicalize(&entry.qualified, &command.name);
-    let id = DispatchId::new();
+    let id = request.preset_id().unwrap_or_default();
 
     let observations = if inner.observers.is_empty() {
         CommandObservations::none()
@@ -93,12 +93,17 @@ pub(crate) async fn dispatch(
         began,
     };
 
+    // Until admission decides, a dropped future still ends the observation (as `abandoned`).
+    let mut admitting = Admitting {
+        observations: Some(observations),
+        end: &end,
+    };
     let admission = match admit(inner, &entry, &command, request, id).await {
         Ok(admission) => admission,
         Err(err) => {
             let failure = Failure::new(err.code(), rejection_message(&err));
             end.finish(
-                observations,
+                admitting.take(),
                 0,
                 CommandOutcome::Rejected,
                 Some(failure),
@@ -113,7 +118,7 @@ pub(crate) async fn dispatch(
         slot: admission.slot,
         runtime_slot: admission.runtime_slot,
         released: false,
-        observations: Some(observations),
+        observations: Some(admitting.take()),
         end: &end,
         attempts: 0,
     };
@@ -121,11 +126,14 @@ pub(crate) async fn dispatch(
     let incarnation = admission.incarnation;
 
     let mut rng: Option<JitterRng> = None;
+    // The total retry budget runs from the first attempt (time waiting for admission is not
+    // part of it).
+    let attempts_began = Instant::now();
     let result = loop {
         guard.attempts += 1;
         let attempt = guard.attempts;
         let now = Instant::now();
-        let budget_deadline = command.retry.budget().map(|b| began + b);
+        let budget_deadline = command.retry.budget().map(|b| attempts_began + b);
         let deadline = match (command.timeout.map(|t| now + t), budget_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -136,7 +144,7 @@ pub(crate) async fn dispatch(
             deadline,
         };
         let observations = guard.observations.as_ref();
-        let outcome = run_attempt(&command, ctx, observations).await;
+        let outcome = run_attempt(&command, ctx, observations, &inner.observers).await;
         let failed = match outcome {
             Ok(response) => break Ok(response),
             Err(failed) => failed,
@@ -153,10 +161,17 @@ pub(crate) async fn dispatch(
             cause.clone(),
             panic,
         );
+        // A timed-out attempt reaches the retry predicate as `AttemptTimedOut` (whose source is
+        // the handler's own error, if it returned one), so predicates can tell timeouts apart.
+        let timed_out;
         let retry_error: Option<&(dyn std::error::Error + 'static)> = match &failed {
             Attempt::Failed(err) => Some(&**err),
-            Attempt::TimedOut(Some(err)) => Some(&**err),
-            Attempt::TimedOut(None) => Some(&TIMED_OUT),
+            Attempt::TimedOut(err) => {
+                timed_out = super::AttemptTimedOut {
+                    source: err.clone(),
+                };
+                Some(&timed_out)
+            }
             Attempt::Panicked(_) | Attempt::Cancelled(..) => None,
         };
         let delay = retry_error.and_then(|err| {
@@ -164,7 +179,9 @@ pub(crate) async fn dispatch(
                 return None;
             }
             let rng = rng.get_or_insert_with(JitterRng::from_entropy);
-            command.retry.next_delay(attempt, err, began.elapsed(), rng)
+            command
+                .retry
+                .next_delay(attempt, err, attempts_began.elapsed(), rng)
         });
         match delay {
             None => break Err((failed, failure, cause)),
@@ -269,20 +286,6 @@ fn rejection_message(err: &DispatchError) -> &'static str {
     }
 }
 
-/// A stand-in error for a timeout that produced no handler error (the handler was dropped).
-#[derive(Debug)]
-struct TimedOutError;
-
-impl std::fmt::Display for TimedOutError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("command attempt timed out")
-    }
-}
-
-impl std::error::Error for TimedOutError {}
-
-static TIMED_OUT: TimedOutError = TimedOutError;
-
 /// What is needed to end the observation of a dispatch.
 struct EndInfo<'a> {
     inner: &'a Inner,
@@ -320,6 +323,36 @@ impl EndInfo<'_> {
         };
         for _ in 0..observations.end(&event) {
             self.inner.observers.count_panic();
+        }
+    }
+}
+
+/// The observation of a dispatch waiting for admission. Dropping it with the observation still
+/// inside (the caller dropped the dispatch future while it waited for a slot) ends the
+/// observation as `abandoned`, with no attempt: every start event gets its end.
+struct Admitting<'a> {
+    observations: Option<CommandObservations>,
+    end: &'a EndInfo<'a>,
+}
+
+impl Admitting<'_> {
+    fn take(&mut self) -> CommandObservations {
+        self.observations
+            .take()
+            .unwrap_or_else(CommandObservations::none)
+    }
+}
+
+impl Drop for Admitting<'_> {
+    fn drop(&mut self) {
+        if let Some(observations) = self.observations.take() {
+            self.end.finish(
+                observations,
+                0,
+                CommandOutcome::Abandoned,
+                Some(Failure::canceled()),
+                None,
+            );
         }
     }
 }
@@ -634,12 +667,14 @@ async fn run_attempt(
     command: &CommandEntry,
     ctx: CommandContext,
     observations: Option<&CommandObservations>,
+    observers: &Observers,
 ) -> Result<CommandResponse, Attempt> {
     let shared = Arc::clone(&ctx.shared);
     let deadline = ctx.deadline;
     let mut scoped = Scoped {
         future: Arc::clone(&command.handler).call_dyn(ctx),
         observations,
+        observers,
     };
     let result = match command.timeout_mode {
         TimeoutMode::Cooperative => (&mut scoped).await,
@@ -696,6 +731,8 @@ async fn signal(deadline: Option<Instant>, shared: &DispatchShared) {
 struct Scoped<'a> {
     future: Pin<Box<dyn Future<Output = Result<CommandResponse, BoxError>> + Send>>,
     observations: Option<&'a CommandObservations>,
+    /// Where panics of observation scopes are counted.
+    observers: &'a Observers,
 }
 
 type Polled = Result<Poll<Result<CommandResponse, BoxError>>, Payload>;
@@ -709,18 +746,22 @@ impl Future for Scoped<'_> {
         {
             let future = &mut this.future;
             let mut poll_once = || {
-                polled = Some(std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    future.as_mut().poll(cx)
-                })));
+                // At most once per poll, even if an observation's scope calls this twice: a
+                // completed future must not be polled again.
+                if polled.is_none() {
+                    polled = Some(std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        future.as_mut().poll(cx)
+                    })));
+                }
             };
             match this.observations.filter(|o| !o.is_empty()) {
                 None => poll_once(),
                 Some(observations) => {
-                    // An observer that panics in its scope is contained; the handler is still
-                    // polled exactly once.
-                    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        observations.in_scope(&mut poll_once);
-                    }));
+                    // An observer that panics in its scope is contained and counted; the
+                    // handler is still polled exactly once (below, if the scope never did).
+                    for _ in 0..observations.in_scope(&mut poll_once) {
+                        this.observers.count_panic();
+                    }
                 }
             }
         }

@@ -196,6 +196,26 @@ impl WorkerCommands {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Mirrors a lifecycle change into the dispatch state, and wakes dispatches waiting for a
+    /// slot so they re-check admission at once (a worker that drains or stops can never admit
+    /// them; without the wake they would wait out their whole admission wait).
+    pub(crate) fn mirror(&self, incarnation: u64, lifecycle: LifecycleState, accepting: bool) {
+        let waiting = {
+            let mut st = self.lock();
+            st.mirror(incarnation, lifecycle, accepting);
+            st.waiting > 0
+        };
+        if waiting {
+            self.released.notify_waiters();
+        }
+    }
+
+    /// Wakes dispatches waiting for a slot so they re-check admission (the runtime's admission
+    /// closed).
+    pub(crate) fn wake_waiters(&self) {
+        self.released.notify_waiters();
+    }
+
     /// Discovery metadata, sorted by name.
     pub(crate) fn infos(&self) -> Vec<CommandInfo> {
         self.sorted.iter().map(|c| c.info.clone()).collect()

@@ -246,7 +246,8 @@ pub enum CommandOutcome {
     Panicked,
     /// Cancelled by id or by its worker's stop.
     Cancelled,
-    /// The caller dropped the dispatch future; the handler was dropped with it.
+    /// The caller dropped the dispatch future; the handler was dropped with it (or never ran,
+    /// if the future was dropped while waiting for admission: 0 attempts).
     Abandoned,
 }
 

@@ -152,15 +152,30 @@ impl CommandObservations {
         self.list.is_empty()
     }
 
-    /// Polls inside every observation's scope (the first observer's scope outermost).
-    pub(crate) fn in_scope(&self, poll: &mut dyn FnMut()) {
-        fn nest(list: &[Box<dyn CommandObservation>], poll: &mut dyn FnMut()) {
+    /// Polls inside every observation's scope (the first observer's scope outermost). A panic
+    /// in one observation's scope is contained at its own level, so the scopes around it still
+    /// exit normally; returns how many panicked.
+    pub(crate) fn in_scope(&self, poll: &mut dyn FnMut()) -> u64 {
+        fn nest(
+            list: &[Box<dyn CommandObservation>],
+            poll: &mut dyn FnMut(),
+            panics: &std::cell::Cell<u64>,
+        ) {
             match list.split_first() {
                 None => poll(),
-                Some((first, rest)) => first.in_scope(&mut || nest(rest, poll)),
+                Some((first, rest)) => {
+                    let scoped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        first.in_scope(&mut || nest(rest, poll, panics));
+                    }));
+                    if scoped.is_err() {
+                        panics.set(panics.get() + 1);
+                    }
+                }
             }
         }
-        nest(&self.list, poll);
+        let panics = std::cell::Cell::new(0);
+        nest(&self.list, poll, &panics);
+        panics.get()
     }
 
     /// Ends every observation, in reverse order; returns how many panicked.

@@ -91,7 +91,14 @@ impl Inner {
             let open = st.admission_open();
             let word =
                 u8::try_from(st.runtime_state.index()).unwrap_or(0) | if open { 0x80 } else { 0 };
-            self.admission.store(word, Ordering::SeqCst);
+            let before = self.admission.swap(word, Ordering::SeqCst);
+            if before & 0x80 != 0 && !open {
+                // Admission just closed: dispatches waiting for a slot can never be admitted
+                // now; wake them to be rejected at once.
+                for rec in &st.workers {
+                    rec.entry.commands.wake_waiters();
+                }
+            }
             (result, st.last_seq(), st.version, st.events_pending() > 0)
         };
         if self.changes.receiver_count() > 0 {
@@ -492,9 +499,10 @@ impl Runtime {
     ///
     /// # Cancel safety
     ///
-    /// Dropping the future before admission does nothing. Dropping it after admission drops the
-    /// handler's future, releases its slots, and ends its observation as `abandoned`: every
-    /// admitted dispatch is observed exactly once either way.
+    /// Dropping the future while it waits for admission stops the wait and ends its observation
+    /// as `abandoned` with no attempt. Dropping it after admission drops the handler's future,
+    /// releases its slots, and ends its observation as `abandoned`: every observed dispatch ends
+    /// exactly once either way.
     ///
     /// # Errors
     ///

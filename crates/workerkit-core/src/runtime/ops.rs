@@ -408,15 +408,19 @@ pub(super) async fn stop(
         Ok(begin) => begin,
         Err(err) => return (Err(err), None),
     };
+    if let Some(grace) = entry.commands.cancel_on_stop {
+        // Admitted commands of this incarnation get `grace` to finish (never more than the
+        // budget of a shutdown); the rest are cancelled.
+        let grace = budget.map_or(grace, |b| grace.min(b));
+        crate::command::pipeline::drain_incarnation(&entry, incarnation, grace).await;
+    }
+    // The worker's own stop is timed from here, after its commands' grace, and its context's
+    // deadline says the same.
     let limit = match (config.stop_timeout, budget) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
     let deadline = limit.map(|t| Instant::now() + t);
-    if let Some(grace) = entry.commands.cancel_on_stop {
-        // Admitted commands of this incarnation get `grace` to finish; the rest are cancelled.
-        crate::command::pipeline::drain_incarnation(&entry, incarnation, grace).await;
-    }
     let check_task = entry
         .check_task
         .lock()
@@ -829,12 +833,15 @@ pub(crate) fn fail(
                     Ok(())
                 }
                 LifecycleState::Running | LifecycleState::Draining => {
+                    // Transition first: command admission (mirrored on every change, under the
+                    // worker's own mutex) must never see a running worker that does not accept
+                    // work on its way to failed.
+                    st.transition(idx, LifecycleState::Failed, now);
                     st.modify(idx, |rec| {
                         rec.last_failure = Some(record);
                         rec.accepting = false;
                         rec.escalated = escalate;
                     });
-                    st.transition(idx, LifecycleState::Failed, now);
                     st.set_ready(idx, false, now);
                     st.failure_event(idx, incarnation, &failure, cause, panic, true, now);
                     publish_exit_once(st, idx, incarnation, reason, Some(failure.clone()), now);
@@ -920,11 +927,12 @@ pub(crate) fn command_failure(inner: &Inner, idx: usize, incarnation: u64, faile
                 LifecycleState::Running | LifecycleState::Draining
             );
         if fails_worker {
+            // Transition first, as in `fail`: admission never sees running-but-not-accepting.
+            st.transition(idx, LifecycleState::Failed, now);
             st.modify(idx, |rec| {
                 rec.last_failure = Some(FailureRecord::new(&failure, now));
                 rec.accepting = false;
             });
-            st.transition(idx, LifecycleState::Failed, now);
             st.set_ready(idx, false, now);
         }
         st.failure_event_for(

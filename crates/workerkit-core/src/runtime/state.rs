@@ -299,7 +299,6 @@ impl State {
         if mirrored != rec.mirrored {
             rec.entry
                 .commands
-                .lock()
                 .mirror(mirrored.0, mirrored.1, mirrored.2);
             self.workers[idx].mirrored = mirrored;
         }

@@ -84,6 +84,14 @@ impl WorkerContext {
         &self.token
     }
 
+    /// A handle to the runtime, e.g. for a command handler that reports on other workers.
+    /// `None` once the runtime is gone. Lifecycle operations called through it from inside this
+    /// worker's `start` or `stop` are refused with `LifecycleError::Reentrant`.
+    #[must_use]
+    pub fn runtime_handle(&self) -> Option<crate::Runtime> {
+        self.inner.upgrade().map(|inner| crate::Runtime { inner })
+    }
+
     /// The worker's local name.
     #[must_use]
     pub fn name(&self) -> &str {

@@ -4,6 +4,8 @@
 //! Each test file compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub(crate) mod command_tally;
+
 use std::future::Future;
 
 use workerkit_core::test_util::{FakeControl, FakeWorker, Recorded, RecordingObserver};
