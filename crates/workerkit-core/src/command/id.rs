@@ -8,7 +8,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::retry::JitterRng;
 
 /// The id of one dispatch: a UUIDv7 (48-bit Unix milliseconds, then random bits), so ids are
-/// unique across processes and restarts and sort by creation time.
+/// unique across processes and restarts and sort by creation time to the millisecond (ids made
+/// within one millisecond are in no particular order).
 ///
 /// Displayed in the hyphenated form, e.g. `019a6f0e-7c1d-7b3a-9f2e-4c5d6e7f8a9b`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
