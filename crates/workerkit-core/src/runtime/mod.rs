@@ -507,17 +507,16 @@ impl Runtime {
     /// # Errors
     ///
     /// Rejections ([`DispatchError::is_rejection`]) hand the request back; admitted dispatches
-    /// fail with [`DispatchError::Failed`], [`TimedOut`](DispatchError::TimedOut),
-    /// [`Panicked`](DispatchError::Panicked) or [`Cancelled`](DispatchError::Cancelled), whose
+    /// fail with [`DispatchError::Failed`],
+    /// [`TimedOut`](crate::command::DispatchError::TimedOut),
+    /// [`Panicked`](crate::command::DispatchError::Panicked) or
+    /// [`Cancelled`](crate::command::DispatchError::Cancelled), whose
     /// `code()` never depends on the handler's own error. Under
     /// [`PanicPolicy::Propagate`](crate::PanicPolicy::Propagate) a handler's panic is resumed here
     /// after its bookkeeping and end event.
     ///
     /// [`DispatchError::is_rejection`]: crate::command::DispatchError::is_rejection
     /// [`DispatchError::Failed`]: crate::command::DispatchError::Failed
-    /// [`TimedOut`]: crate::command::DispatchError::TimedOut
-    /// [`Panicked`]: crate::command::DispatchError::Panicked
-    /// [`Cancelled`]: crate::command::DispatchError::Cancelled
     pub async fn dispatch(
         &self,
         request: crate::command::CommandRequest,
