@@ -321,9 +321,9 @@ async fn a_rejected_request_comes_back_as_it_was_sent() {
     assert_eq!(err.code(), "runtime_not_accepting_work");
     assert!(err.is_rejection());
     assert_eq!(err.dispatch_id(), None, "a rejection has no dispatch id");
-    // Handed back with the worker name in its canonical (qualified) form; everything else as
-    // sent, so it can be dispatched again unchanged.
-    let expected = CommandRequest::new("rt/w", "c")
+    // Handed back exactly as sent (the dispatch time was provided), so it can be dispatched
+    // again unchanged.
+    let expected = CommandRequest::new("w", "c")
         .payload(json!({"n": 1}))
         .metadata("traceparent", "00-abc-def-01")
         .requested_at(provided);
@@ -344,7 +344,7 @@ async fn a_qualified_target_resolves_and_results_carry_registration_owned_names(
         let seen = Arc::clone(&seen);
         handler_fn(move |ctx| {
             seen.lock().unwrap().push((
-                ctx.request().worker().to_owned(),
+                ctx.worker().qualified_name().to_owned(),
                 ctx.request().name().to_owned(),
             ));
             async { Ok(CommandResponse::message("done")) }
@@ -367,7 +367,8 @@ async fn a_qualified_target_resolves_and_results_carry_registration_owned_names(
         assert_eq!(result.attempts, 1);
         assert_eq!(result.result, CommandResponse::message("done"));
     }
-    // The handler sees the canonical (qualified) worker name whichever form the caller used.
+    // The handler's worker context has the registration-owned (qualified) name whichever form
+    // the caller used; `request().worker()` stays as the caller sent it.
     assert_eq!(
         *seen.lock().unwrap(),
         [

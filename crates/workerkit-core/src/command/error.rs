@@ -335,7 +335,7 @@ pub struct InFlightCommand {
     pub command: Arc<str>,
     /// The worker incarnation that admitted it.
     pub incarnation: u64,
-    /// Time since it was admitted (tokio clock).
+    /// Time since it was dispatched (tokio clock).
     #[serde(serialize_with = "seconds")]
     pub age: Duration,
     /// Whether it has been cancelled (and is finishing).

@@ -197,7 +197,7 @@ impl fmt::Display for CancelReason {
 pub(crate) struct DispatchShared {
     pub(crate) id: DispatchId,
     pub(crate) request: CommandRequest,
-    pub(crate) worker: WorkerContext,
+    pub(crate) worker: Arc<WorkerContext>,
     pub(crate) command: Arc<str>,
     pub(crate) started: Instant,
     cancel: AtomicU8,
@@ -208,15 +208,16 @@ impl DispatchShared {
     pub(crate) fn new(
         id: DispatchId,
         request: CommandRequest,
-        worker: WorkerContext,
+        worker: Arc<WorkerContext>,
         command: Arc<str>,
+        started: Instant,
     ) -> Self {
         Self {
             id,
             request,
             worker,
             command,
-            started: Instant::now(),
+            started,
             cancel: AtomicU8::new(0),
             notify: Notify::new(),
         }

@@ -3,7 +3,9 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
-use std::time::{SystemTime, UNIX_EPOCH};
+#[cfg(test)]
+use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
 
 use crate::retry::JitterRng;
 
@@ -23,7 +25,13 @@ impl DispatchId {
     /// A new id.
     #[must_use]
     pub fn new() -> Self {
-        let millis = SystemTime::now()
+        Self::at(crate::time::Timestamp::now())
+    }
+
+    /// A new id stamped with `at` (saves a clock read when the caller has the time already).
+    pub(crate) fn at(at: crate::time::Timestamp) -> Self {
+        let millis = at
+            .as_system_time()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
             & 0xFFFF_FFFF_FFFF;

@@ -113,7 +113,8 @@ impl CommandRequest {
         self
     }
 
-    /// The target worker, as given.
+    /// The target worker, as given (local or qualified; the handler's
+    /// [`CommandContext::worker`] has the registration-owned names).
     #[must_use]
     pub fn worker(&self) -> &str {
         &self.worker
@@ -151,15 +152,6 @@ impl CommandRequest {
 
     pub(crate) fn stamp(&mut self, now: Timestamp) {
         self.requested_at.get_or_insert(now);
-    }
-
-    pub(crate) fn canonicalize(&mut self, worker: &str, name: &str) {
-        if self.worker != worker {
-            worker.clone_into(&mut self.worker);
-        }
-        if self.name != name {
-            name.clone_into(&mut self.name);
-        }
     }
 
     /// Decodes the payload into `T`.

@@ -69,8 +69,9 @@ pub(crate) async fn dispatch(
             },
         });
     };
-    request.canonicalize(&entry.qualified, &command.name);
-    let id = request.preset_id().unwrap_or_default();
+    let id = request
+        .preset_id()
+        .unwrap_or_else(|| DispatchId::at(started_at));
 
     let observations = if inner.observers.is_empty() {
         CommandObservations::none()
@@ -98,7 +99,7 @@ pub(crate) async fn dispatch(
         observations: Some(observations),
         end: &end,
     };
-    let admission = match admit(inner, &entry, &command, request, id).await {
+    let admission = match admit(inner, &entry, &command, request, id, began).await {
         Ok(admission) => admission,
         Err(err) => {
             let failure = Failure::new(err.code(), rejection_message(&err));
@@ -128,11 +129,19 @@ pub(crate) async fn dispatch(
     let mut rng: Option<JitterRng> = None;
     // The total retry budget runs from the first attempt (time waiting for admission is not
     // part of it).
-    let attempts_began = Instant::now();
+    let attempts_began = if admission.waited {
+        Instant::now()
+    } else {
+        began
+    };
     let result = loop {
         guard.attempts += 1;
         let attempt = guard.attempts;
-        let now = Instant::now();
+        let now = if attempt == 1 {
+            attempts_began
+        } else {
+            Instant::now()
+        };
         let budget_deadline = command.retry.budget().map(|b| attempts_began + b);
         let deadline = match (command.timeout.map(|t| now + t), budget_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -196,7 +205,13 @@ pub(crate) async fn dispatch(
         }
     };
 
-    command.record_duration(began.elapsed());
+    if entry.commands.concurrency.is_some()
+        || command.concurrency.is_some()
+        || inner.command_limit.is_bounded()
+    {
+        // Only a limit can saturate, and only saturation reads the mean (for `retry_after`).
+        command.record_duration(began.elapsed());
+    }
     let attempts = guard.attempts;
     match result {
         Ok(response) => {
@@ -408,10 +423,11 @@ fn release_slot(inner: &Inner, entry: &WorkerEntry, slot: usize, runtime_slot: b
     if runtime_slot {
         inner.command_limit.release();
     }
-    inner.release_in_flight();
 }
 
 struct Admission {
+    /// Whether the dispatch waited for a slot.
+    waited: bool,
     shared: Arc<DispatchShared>,
     slot: usize,
     runtime_slot: bool,
@@ -447,6 +463,7 @@ async fn admit(
     command: &CommandEntry,
     request: CommandRequest,
     id: DispatchId,
+    began: Instant,
 ) -> Result<Admission, DispatchError> {
     let wait_until = match command.admission {
         AdmissionMode::FailFast => None,
@@ -457,13 +474,18 @@ async fn admit(
         entry,
         active: false,
     };
+    // The wake-up registrations cost a lock each: only a dispatch that is about to wait makes
+    // them (and then checks again, so no release between check and wait is missed).
+    let mut armed = false;
     loop {
         let worker_released = entry.commands.released.notified();
         let runtime_released = inner.command_limit.released();
         tokio::pin!(worker_released);
         tokio::pin!(runtime_released);
-        worker_released.as_mut().enable();
-        runtime_released.as_mut().enable();
+        if armed {
+            worker_released.as_mut().enable();
+            runtime_released.as_mut().enable();
+        }
         let saturated = {
             let mut st = entry.commands.lock();
             let take = |request: &mut Option<CommandRequest>| {
@@ -527,18 +549,23 @@ async fn admit(
                         }
                         continue;
                     };
-                    let shared =
-                        Arc::new(DispatchShared::new(id, req, ctx, Arc::clone(&command.name)));
+                    let shared = Arc::new(DispatchShared::new(
+                        id,
+                        req,
+                        ctx,
+                        Arc::clone(&command.name),
+                        began,
+                    ));
                     let incarnation = st.incarnation;
                     let slot = st.insert(InFlightSlot {
                         shared: Arc::clone(&shared),
                         incarnation,
                         command: command.index,
                     });
-                    inner.acquire_in_flight();
                     drop(st);
                     waiting.stop();
                     return Ok(Admission {
+                        waited: armed,
                         shared,
                         slot,
                         runtime_slot,
@@ -565,6 +592,10 @@ async fn admit(
                         inner.command_limit.release();
                     }
                     let expired = wait_until.is_none_or(|until| Instant::now() >= until);
+                    if !expired && !armed {
+                        armed = true;
+                        continue;
+                    }
                     if expired {
                         drop(st);
                         waiting.stop();

@@ -66,7 +66,7 @@ pub(crate) struct DispatchState {
     pub(crate) lifecycle: LifecycleState,
     pub(crate) accepting: bool,
     /// The running incarnation's context (without deadline), handed to its commands.
-    pub(crate) ctx: Option<WorkerContext>,
+    pub(crate) ctx: Option<Arc<WorkerContext>>,
     /// In flight for the current incarnation (what the worker's cap counts).
     pub(crate) current: usize,
     /// Per command, in flight for the current incarnation.

@@ -59,10 +59,6 @@ pub(crate) struct Inner {
     /// Command admission, mirrored from the state at every commit: bit 7 set = open, low bits =
     /// the aggregate state's index.
     admission: std::sync::atomic::AtomicU8,
-    /// Commands in flight across the runtime, and a notification when it reaches zero.
-    in_flight: std::sync::atomic::AtomicUsize,
-    idle_waiters: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
     /// The runtime-wide command concurrency limit.
     pub(crate) command_limit: crate::command::RuntimeLimit,
     /// Tasks of workers: loops, readiness checks, `WorkerContext::spawn`. Shutdown waits for them.
@@ -204,39 +200,26 @@ impl Inner {
             .collect()
     }
 
-    pub(crate) fn acquire_in_flight(&self) {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub(crate) fn release_in_flight(&self) {
-        let before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if before == 1 && self.idle_waiters.load(Ordering::SeqCst) > 0 {
-            self.idle.notify_waiters();
-        }
-    }
-
+    /// Commands in flight across the runtime: the sum of the workers' counts (there is no
+    /// runtime-wide counter, so dispatch touches no shared cache line for it).
     pub(crate) fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.all_workers()
+            .iter()
+            .map(|entry| entry.commands.lock().total)
+            .sum()
     }
 
-    /// Waits until no command is in flight anywhere in the runtime (by notification).
+    /// Waits until no command is in flight anywhere in the runtime (by notification): each
+    /// worker in turn, then once more over all of them, until a pass finds every one idle.
     pub(crate) async fn wait_all_idle(&self) {
-        self.idle_waiters.fetch_add(1, Ordering::SeqCst);
-        struct Leave<'a>(&'a Inner);
-        impl Drop for Leave<'_> {
-            fn drop(&mut self) {
-                self.0.idle_waiters.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let _leave = Leave(self);
         loop {
-            let idle = self.idle.notified();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
-            if self.in_flight() == 0 {
+            let workers = self.all_workers();
+            for entry in &workers {
+                crate::command::pipeline::wait_worker_idle(entry).await;
+            }
+            if workers.iter().all(|entry| entry.commands.lock().total == 0) {
                 return;
             }
-            idle.await;
         }
     }
 
@@ -351,9 +334,6 @@ impl Runtime {
                 delivered: watch::Sender::new(0),
                 registry: std::sync::RwLock::new(std::collections::HashMap::new()),
                 admission: std::sync::atomic::AtomicU8::new(0),
-                in_flight: std::sync::atomic::AtomicUsize::new(0),
-                idle_waiters: std::sync::atomic::AtomicUsize::new(0),
-                idle: tokio::sync::Notify::new(),
                 command_limit: crate::command::RuntimeLimit::new(command_concurrency),
                 tracker: TaskTracker::new(),
                 ops_tracker: TaskTracker::new(),
