@@ -295,8 +295,9 @@ impl State {
         self.aggregate.apply(after, 1);
         // Mirror what command admission needs into the worker's dispatch state (lock order:
         // state lock, then dispatch mutex), when it changed.
+        // A worker without commands admits none, so it needs no mirror.
         let mirrored = (rec.incarnation, rec.lifecycle, rec.accepting);
-        if mirrored != rec.mirrored {
+        if mirrored != rec.mirrored && !rec.entry.commands.by_name.is_empty() {
             rec.entry
                 .commands
                 .mirror(mirrored.0, mirrored.1, mirrored.2);
