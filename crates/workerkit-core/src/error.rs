@@ -176,8 +176,8 @@ pub enum LifecycleError {
     },
     /// A lifecycle operation was called where waiting for it would deadlock: from inside another
     /// one (a worker's `start` or `stop`, or an observer called during one), or from a loop
-    /// worker's own loop when the operation would stop that worker (`stop` of itself, `stop_all`,
-    /// `shutdown`). A loop that wants its worker gone returns from the loop (an error fails the
+    /// worker's own loop when the operation would stop or restart that worker (`stop` or
+    /// `start` of itself, `stop_all`, `start_all`, `shutdown`). A loop that wants its worker gone returns from the loop (an error fails the
     /// worker) or reports a failure.
     #[error(
         "{operation} refused: waiting for it here would deadlock (called inside a lifecycle operation, or from the loop it would stop)"

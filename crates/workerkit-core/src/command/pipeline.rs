@@ -523,9 +523,12 @@ async fn admit(
                     request: take(&mut request),
                 });
             }
-            let runtime_slot = inner.command_limit.try_acquire();
-            let scope = if !runtime_slot && inner.command_limit.is_bounded() {
-                Some((LimitScope::Runtime, inner.command_limit.max()))
+            // Limits are reported in Go's order (runtime, worker, command), but the runtime slot
+            // is only taken once the worker's and the command's limits have room: taking and
+            // giving one back would wake the runtime's waiters (this one included) for nothing.
+            let runtime_limit = (LimitScope::Runtime, inner.command_limit.max());
+            let local = if inner.command_limit.is_full() {
+                Some(runtime_limit)
             } else if entry
                 .commands
                 .concurrency
@@ -540,6 +543,10 @@ async fn admit(
             } else {
                 None
             };
+            let runtime_slot = local.is_none() && inner.command_limit.try_acquire();
+            let scope = local.or_else(|| {
+                (!runtime_slot && inner.command_limit.is_bounded()).then_some(runtime_limit)
+            });
             match (scope, st.ctx.clone()) {
                 (None, Some(ctx)) => {
                     let Some(req) = request.take() else {
@@ -831,8 +838,16 @@ pub(crate) async fn drain_incarnation(
         if !busy {
             return 0;
         }
+        struct Leave<'a>(&'a WorkerEntry);
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                let mut st = self.0.commands.lock();
+                st.idle_waiters = st.idle_waiters.saturating_sub(1);
+            }
+        }
+        let leave = Leave(entry);
         let timed_out = tokio::time::timeout_at(until, released).await.is_err();
-        entry.commands.lock().idle_waiters -= 1;
+        drop(leave);
         if timed_out {
             break;
         }

@@ -246,6 +246,12 @@ impl RuntimeLimit {
         self.max.unwrap_or(usize::MAX)
     }
 
+    /// Whether the limit is bounded and full right now.
+    pub(crate) fn is_full(&self) -> bool {
+        self.max
+            .is_some_and(|max| self.current.load(Ordering::Acquire) >= max)
+    }
+
     /// Takes a slot if the limit is bounded and not full. `false` when unbounded (no slot to
     /// take) or full: tell them apart with [`is_bounded`](Self::is_bounded).
     pub(crate) fn try_acquire(&self) -> bool {

@@ -682,8 +682,9 @@ impl Runtime {
     }
 
     /// Refuses calls that would deadlock: from inside a lifecycle operation of this runtime, or
-    /// from a worker's own loop task when the operation would stop that worker (`stops`: the
-    /// worker index, or `usize::MAX` for every worker). Also refuses calls outside tokio.
+    /// from a worker's own loop task when the operation would stop or start that worker (which
+    /// waits for the loop to end; `stops`: the worker index, or `usize::MAX` for every worker).
+    /// Also refuses calls outside tokio.
     fn check_callable(
         &self,
         operation: Operation,
@@ -765,7 +766,7 @@ impl Runtime {
     /// start is resumed here after the bookkeeping.
     pub async fn start(&self, worker: &str) -> Result<WorkerStatus, LifecycleError> {
         let idx = self.inner.resolve(worker)?;
-        self.gated(Operation::Start, None, move |inner| async move {
+        self.gated(Operation::Start, Some(idx), move |inner| async move {
             ops::single(&inner, Operation::Start, idx).await
         })
         .await
@@ -825,7 +826,7 @@ impl Runtime {
     /// The first worker's [`LifecycleError`], or [`Reentrant`](LifecycleError::Reentrant) /
     /// [`ShutDown`](LifecycleError::ShutDown).
     pub async fn start_all(&self) -> Result<(), LifecycleError> {
-        self.gated(Operation::StartAll, None, |inner| async move {
+        self.gated(Operation::StartAll, Some(usize::MAX), |inner| async move {
             ops::start_all(&inner).await
         })
         .await
@@ -895,7 +896,10 @@ impl Runtime {
     ///
     /// # Cancel safety
     ///
-    /// Once the lifecycle gate is won, the shutdown runs to completion in the background.
+    /// A shutdown is committed once called: readiness goes false and admission and registration
+    /// close at once, even if the caller stops waiting before the lifecycle gate is won (call
+    /// `shutdown` again to carry it out). Once the gate is won, the shutdown runs to completion
+    /// in the background.
     ///
     /// # Errors
     ///

@@ -25,6 +25,9 @@ use crate::worker::{WorkerContext, check};
 
 type Payload = Box<dyn Any + Send>;
 
+/// The least time a worker's stop gets within a shutdown, even after its budget ran out.
+const STOP_FLOOR: Duration = Duration::from_millis(100);
+
 /// How a guarded call into worker code ended.
 enum Outcome {
     Ok,
@@ -65,21 +68,29 @@ where
     })
     .await;
     let result = match (first, limit) {
-        (Some(result), _) => result,
-        (None, None) => future.await,
+        (Some(result), _) => Some(result),
+        (None, None) => Some((&mut future).await),
         (None, Some(limit)) => {
             let sleep = timer.arm(Instant::now() + limit);
             tokio::select! {
                 biased;
-                result = &mut future => result,
-                () = sleep => return Outcome::TimedOut,
+                result = &mut future => Some(result),
+                () = sleep => None,
             }
         }
     };
+    // Dropping worker code can panic too (a `Drop` impl, e.g. of a future dropped at its
+    // deadline): that is a panic of the worker, whatever happened before.
+    if let Err(payload) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(future)))
+    {
+        return Outcome::Panicked(payload);
+    }
     match result {
-        Ok(Ok(())) => Outcome::Ok,
-        Ok(Err(err)) => Outcome::Err(err),
-        Err(payload) => Outcome::Panicked(payload),
+        None => Outcome::TimedOut,
+        Some(Ok(Ok(()))) => Outcome::Ok,
+        Some(Ok(Err(err))) => Outcome::Err(err),
+        Some(Err(payload)) => Outcome::Panicked(payload),
     }
 }
 
@@ -239,9 +250,12 @@ pub(super) async fn start(
         let mut slot = entry.slot.lock().await;
         let mut made = Outcome::Ok;
         if let Some(factory) = &entry.factory {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| factory())) {
-                Ok(worker) => *slot = Some(worker),
-                Err(payload) => made = Outcome::Panicked(payload),
+            // The factory, and dropping the previous instance, are worker code: catch panics.
+            let replaced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                *slot = Some(factory());
+            }));
+            if let Err(payload) = replaced {
+                made = Outcome::Panicked(payload);
             }
         }
         match (made, slot.as_mut()) {
@@ -410,11 +424,15 @@ pub(super) async fn stop(
         Ok(begin) => begin,
         Err(err) => return (Err(err), None),
     };
+    let mut budget = budget;
     if let Some(grace) = entry.commands.cancel_on_stop {
         // Admitted commands of this incarnation get `grace` to finish (never more than the
-        // budget of a shutdown); the rest are cancelled.
+        // budget of a shutdown); the rest are cancelled. The grace spent comes out of the
+        // budget left for the worker's own stop.
         let grace = budget.map_or(grace, |b| grace.min(b));
+        let graced = Instant::now();
         crate::command::pipeline::drain_incarnation(&entry, incarnation, grace).await;
+        budget = budget.map(|b| b.saturating_sub(graced.elapsed()).max(STOP_FLOOR));
     }
     // The worker's own stop is timed from here, after its commands' grace, and its context's
     // deadline says the same.
@@ -448,9 +466,18 @@ pub(super) async fn stop(
         };
         if matches!(outcome, Outcome::Ok) && entry.factory.is_some() {
             // A factory worker's instance is done once it stopped; the next start makes anew.
-            *slot = None;
+            // Dropping it is worker code: a panic there is a panic of the stop.
+            let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                *slot = None;
+            }));
+            if let Err(payload) = dropped {
+                Outcome::Panicked(payload)
+            } else {
+                outcome
+            }
+        } else {
+            outcome
         }
-        outcome
     };
 
     if matches!(outcome, Outcome::Ok) {
@@ -599,7 +626,9 @@ async fn stop_every(
         if !state.can_stop() {
             continue;
         }
-        let budget = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        // Every worker gets at least a short floor, even once the stop phase's budget is spent,
+        // so one hung worker does not fail every worker stopped after it.
+        let budget = deadline.map(|d| d.saturating_duration_since(Instant::now()).max(STOP_FLOOR));
         let (result, payload) = stop(inner, idx, budget, &mut timer).await;
         match result {
             Ok(()) => stopped.push(inner.lock().workers[idx].entry.qualified.to_string()),
