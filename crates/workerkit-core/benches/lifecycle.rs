@@ -18,17 +18,18 @@
 //! runs it), or with criterion's `--test` or `--list`, no report is written; without `--bench`
 //! every scenario runs once at a small N as a smoke test.
 
+mod common;
+
+use common::{CpuTicks, Scenario, Target, round};
 use std::alloc::System;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cap::Cap;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use workerkit_core::failure::BoxError;
 use workerkit_core::{LoopWorker, Runtime, WorkerSpec, worker_fn};
@@ -96,7 +97,7 @@ fn main() {
             }
         );
     }
-    let path = write_report(&measured.scenarios());
+    let path = common::write_report("lifecycle.json", &measured.scenarios());
     println!("wrote {}", path.display());
 }
 
@@ -415,84 +416,6 @@ fn measure(rt: &tokio::runtime::Runtime, reps: usize) -> Measured {
     }
 }
 
-/// CPU time in clock ticks, from Linux's `/proc`: of the whole machine and of this process.
-#[derive(Clone, Copy, Debug)]
-struct CpuTicks {
-    machine_busy: u64,
-    machine_total: u64,
-    this_process: u64,
-}
-
-impl CpuTicks {
-    /// `None` where `/proc` is not Linux's.
-    fn read() -> Option<Self> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let ticks: Vec<u64> = stat
-            .lines()
-            .next()?
-            .strip_prefix("cpu ")?
-            .split_whitespace()
-            .map(|field| field.parse().ok())
-            .collect::<Option<_>>()?;
-        // user nice system idle iowait irq softirq steal ...
-        let [user, nice, system, idle, iowait, irq, softirq, steal, ..] = ticks[..] else {
-            return None;
-        };
-        let machine_busy = user + nice + system + irq + softirq + steal;
-        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // The fields after the command name: state is field 3, utime 14 and stime 15.
-        let fields: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
-        let this_process =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        Some(Self {
-            machine_busy,
-            machine_total: machine_busy + idle + iowait,
-            this_process,
-        })
-    }
-
-    /// The share of the machine's CPU that other processes used since `self`.
-    fn foreign_share(self) -> Option<f64> {
-        let now = Self::read()?;
-        let total = now.machine_total.checked_sub(self.machine_total)?;
-        let busy = now.machine_busy.checked_sub(self.machine_busy)?;
-        let own = now.this_process.checked_sub(self.this_process)?;
-        (total > 0).then(|| busy.saturating_sub(own) as f64 / total as f64)
-    }
-}
-
-// ---- Report ----
-
-/// The report file. Field order matters: `scenarios` must be the last key (see `xtask bench`).
-#[derive(Debug, Serialize)]
-struct Report<'a> {
-    schema: u32,
-    scenarios: &'a [Scenario],
-}
-
-#[derive(Debug, Serialize)]
-struct Scenario {
-    id: &'static str,
-    issue: u32,
-    value: f64,
-    baseline: f64,
-    unit: &'static str,
-    ratio: f64,
-    target: Target,
-    pass: bool,
-}
-
-#[derive(Debug, Serialize)]
-struct Target {
-    op: &'static str,
-    value: f64,
-}
-
-fn round(value: f64, decimals: i32) -> f64 {
-    let scale = 10f64.powi(decimals);
-    (value * scale).round() / scale
-}
-
 /// A scenario whose ratio `value / baseline` must be at most `max`.
 fn scenario(id: &'static str, value: f64, baseline: f64, unit: &'static str, max: f64) -> Scenario {
     let (value, baseline) = (round(value, 1), round(baseline, 1));
@@ -614,28 +537,4 @@ impl Measured {
         }
         out
     }
-}
-
-/// Writes the compact report; returns its path.
-fn write_report(scenarios: &[Scenario]) -> PathBuf {
-    let dir = std::env::var_os("WORKERKIT_BENCH_REPORT_DIR").map_or_else(
-        || {
-            // The workspace root is two levels above this crate's manifest directory.
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-                .ancestors()
-                .nth(2)
-                .expect("the crate lives in <root>/crates/<name>");
-            root.join("target").join("bench-report")
-        },
-        PathBuf::from,
-    );
-    std::fs::create_dir_all(&dir).expect("create the report directory");
-    let path = dir.join("lifecycle.json");
-    let json = serde_json::to_string(&Report {
-        schema: 1,
-        scenarios,
-    })
-    .expect("serialise the report");
-    std::fs::write(&path, json + "\n").expect("write the report");
-    path
 }

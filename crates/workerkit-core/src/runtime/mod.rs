@@ -203,9 +203,11 @@ impl Inner {
     /// Commands in flight across the runtime: the sum of the workers' counts (there is no
     /// runtime-wide counter, so dispatch touches no shared cache line for it).
     pub(crate) fn in_flight(&self) -> usize {
-        self.all_workers()
+        // Lock order: state, then each dispatch mutex. No allocation.
+        self.lock()
+            .workers
             .iter()
-            .map(|entry| entry.commands.lock().total)
+            .map(|rec| rec.entry.commands.lock().total)
             .sum()
     }
 
@@ -229,37 +231,24 @@ impl Inner {
 
     /// Strict name resolution: validates, then looks up (local or `runtime/worker`).
     pub(crate) fn resolve(&self, name: &str) -> Result<usize, LifecycleError> {
-        let local = if name.contains('/') {
+        if name.contains('/') {
             validate_qualified_worker_name(name)?;
-            match name.split_once('/') {
-                Some((rt, local)) if rt == &*self.name => local,
-                _ => {
-                    return Err(LifecycleError::WorkerNotFound {
-                        worker: name.to_owned(),
-                    });
-                }
-            }
         } else {
             validate_worker_local_name(name)?;
-            name
-        };
-        self.lock()
-            .index
-            .get(local)
-            .copied()
+        }
+        self.lookup(name)
             .ok_or_else(|| LifecycleError::WorkerNotFound {
-                worker: self.qualified(local),
+                worker: if name.contains('/') {
+                    name.to_owned()
+                } else {
+                    self.qualified(name)
+                },
             })
     }
 
     /// Lenient lookup for reads: invalid names simply miss.
     fn lookup(&self, name: &str) -> Option<usize> {
-        let local = match name.split_once('/') {
-            Some((rt, local)) if rt == &*self.name => local,
-            Some(_) => return None,
-            None => name,
-        };
-        self.lock().index.get(local).copied()
+        self.find_worker(name).map(|entry| entry.idx)
     }
 }
 
@@ -418,7 +407,7 @@ impl Runtime {
                     runtime: inner.name.to_string(),
                 });
             }
-            if st.index.contains_key(&local) {
+            if inner.find_worker(&local).is_some() {
                 return Err(RegisterError::AlreadyRegistered { worker: qualified });
             }
             let entry = Arc::new(WorkerEntry {

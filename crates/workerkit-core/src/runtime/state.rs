@@ -5,7 +5,7 @@
 //! counters in step, so deriving the runtime's state and readiness is O(1) whatever the number
 //! of workers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -237,7 +237,6 @@ pub(crate) struct State {
     pub(crate) runtime: Arc<str>,
     pub(crate) policy: ReadinessPolicy,
     pub(crate) workers: Vec<WorkerRecord>,
-    pub(crate) index: HashMap<Arc<str>, usize>,
     aggregate: Aggregate,
     pub(crate) runtime_state: LifecycleState,
     pub(crate) ready: bool,
@@ -261,7 +260,6 @@ impl State {
             runtime,
             policy,
             workers: Vec::new(),
-            index: HashMap::new(),
             aggregate: Aggregate::default(),
             runtime_state: LifecycleState::Registered,
             ready: false,
@@ -278,7 +276,6 @@ impl State {
 
     pub(crate) fn add_worker(&mut self, record: WorkerRecord) -> usize {
         let idx = self.workers.len();
-        self.index.insert(Arc::clone(&record.entry.local), idx);
         self.aggregate.total += 1;
         self.aggregate.apply(record.facts(), 1);
         self.workers.push(record);
