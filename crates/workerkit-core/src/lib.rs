@@ -75,6 +75,7 @@
 struct ReadmeDoctests;
 
 pub mod command;
+pub mod control;
 pub mod error;
 pub mod failure;
 mod lifecycle;

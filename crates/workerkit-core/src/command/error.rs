@@ -208,6 +208,11 @@ pub enum DispatchError {
     },
 }
 
+/// The retry-after hint of [`DispatchError::RuntimeNotAccepting`]: a runtime that does not
+/// accept work is starting, shutting down or failed, so a caller should come back after a
+/// while (or, behind a load balancer, go to another replica).
+pub const RUNTIME_NOT_ACCEPTING_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 impl DispatchError {
     /// The stable code, which the HTTP layer maps to a status.
     #[must_use]
@@ -278,11 +283,13 @@ impl DispatchError {
         }
     }
 
-    /// The retry-after hint, for saturation.
+    /// The retry-after hint: for saturation, the limit's estimate; for a runtime that does not
+    /// accept work, [`RUNTIME_NOT_ACCEPTING_RETRY_AFTER`] (retry elsewhere or later).
     #[must_use]
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Saturated { retry_after, .. } => Some(*retry_after),
+            Self::RuntimeNotAccepting { .. } => Some(RUNTIME_NOT_ACCEPTING_RETRY_AFTER),
             _ => None,
         }
     }

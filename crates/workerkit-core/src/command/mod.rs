@@ -22,6 +22,7 @@ use std::time::Duration;
 
 pub use error::{
     AttemptTimedOut, CancelError, CommandResult, DispatchError, InFlightCommand, LimitScope,
+    RUNTIME_NOT_ACCEPTING_RETRY_AFTER,
 };
 pub use handler::{
     CancelReason, CommandContext, CommandHandler, HandlerFn, JsonHandler, handler_fn, json_handler,

@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     pub(crate) tracker: TaskTracker,
     /// Tasks running lifecycle operations.
     pub(crate) ops_tracker: TaskTracker,
+    /// Fired by [`Runtime::force_shutdown`]: a shutdown stops waiting for in-flight commands.
+    pub(crate) force: crate::task::Signal,
 }
 
 impl Inner {
@@ -326,6 +328,7 @@ impl Runtime {
                 command_limit: crate::command::RuntimeLimit::new(command_concurrency),
                 tracker: TaskTracker::new(),
                 ops_tracker: TaskTracker::new(),
+                force: crate::task::Signal::new(),
             }),
         }
     }

@@ -684,12 +684,19 @@ pub(super) async fn shutdown(
     });
     drain_all(inner);
 
-    let idle = tokio::time::timeout_at(deadline, inner.wait_all_idle())
-        .await
-        .is_ok();
+    // A forced shutdown (`Runtime::force_shutdown`) stops waiting for in-flight commands at once.
+    let idle = tokio::select! {
+        biased;
+        () = inner.force.cancelled() => inner.in_flight() == 0,
+        waited = tokio::time::timeout_at(deadline, inner.wait_all_idle()) => waited.is_ok(),
+    };
     let abandoned = if idle { 0 } else { inner.in_flight() };
 
-    let stop_deadline = deadline.max(Instant::now() + options.stop_grace);
+    let stop_deadline = if inner.force.is_cancelled() {
+        Instant::now() + options.stop_grace
+    } else {
+        deadline.max(Instant::now() + options.stop_grace)
+    };
     let (stopped, errors, payload) = stop_every(inner, Some(stop_deadline)).await;
     inner.mutate(|st, _| st.shut_down = true);
     // Every worker task (loops, checks, `WorkerContext::spawn`) should be gone once its worker
