@@ -29,7 +29,7 @@ pub struct Gates {
 /// A runtime named `ops` with workers:
 /// - `echo`: commands `echo` (result payload = request payload, message = how the payload
 ///   arrived: `absent`, `null` or `value`), `fail` (error with [`SECRET`]), `boom` (panics),
-///   `slow` (waits for cancellation; 50 ms timeout), `hold` (waits for [`Gates::release`];
+///   `slow` (waits for cancellation, then fails; 50 ms timeout), `hold` (waits for [`Gates::release`];
 ///   concurrency 1, fail-fast).
 /// - `start`: a worker named like a lifecycle verb, no commands.
 pub fn runtime(gates: &Gates) -> Runtime {
@@ -73,7 +73,7 @@ pub fn runtime(gates: &Gates) -> Runtime {
                         "slow",
                         handler_fn(|ctx| async move {
                             ctx.cancelled().await;
-                            Ok(CommandResponse::empty())
+                            Err::<CommandResponse, BoxError>("gave up: cancelled".into())
                         }),
                     )
                     .timeout(Duration::from_millis(50)),

@@ -1,0 +1,106 @@
+//! `/livez` and `/readyz`.
+
+mod support;
+
+use axum::Router;
+use http::StatusCode;
+use serde_json::json;
+use support::{Gates, get, runtime};
+use workerkit_core::failure::BoxError;
+use workerkit_core::{FailurePolicy, Runtime, WorkerSpec};
+use workerkit_opshttp::{OpsHttp, SHUTTING_DOWN_REASON};
+
+#[tokio::test]
+async fn readyz_is_503_until_started_then_200_with_items() {
+    let rt = runtime(&Gates::default());
+    let app: Router = workerkit_opshttp::probes(rt.clone());
+    let reply = get(&app, "/readyz").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.body["status"], "not_ready");
+    assert_eq!(reply.body["reason"], "runtime not ready: state=registered");
+    assert_eq!(reply.body["items"][0]["state"], "registered");
+
+    rt.start_all().await.unwrap();
+    let reply = get(&app, "/readyz").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    assert_eq!(reply.body["status"], "ready");
+    assert_eq!(reply.body["reason"], "runtime ready");
+    assert_eq!(
+        reply.body["items"],
+        json!([
+            {"name": "echo", "ready": true, "state": "running", "impact": "blocking"},
+            {"name": "start", "ready": true, "state": "running", "impact": "blocking"},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn readyz_is_503_from_the_moment_shutdown_begins() {
+    let rt = runtime(&Gates::default());
+    rt.start_all().await.unwrap();
+    let ops = OpsHttp::new(rt.clone());
+    let app: Router = ops.probes();
+    assert_eq!(get(&app, "/readyz").await.status, StatusCode::OK);
+    ops.serving_state().begin_shutdown();
+    let reply = get(&app, "/readyz").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.body["status"], "not_ready");
+    assert_eq!(reply.body["reason"], SHUTTING_DOWN_REASON);
+    // Liveness is not readiness: the process is still live.
+    assert_eq!(get(&app, "/livez").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn readyz_follows_a_runtime_shutdown_started_elsewhere() {
+    let rt = runtime(&Gates::default());
+    rt.start_all().await.unwrap();
+    let app: Router = workerkit_opshttp::probes(rt.clone());
+    rt.shutdown().await.unwrap();
+    let reply = get(&app, "/readyz").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.body["reason"], SHUTTING_DOWN_REASON);
+}
+
+#[tokio::test]
+async fn livez_is_ok_until_the_runtime_fails() {
+    let rt = Runtime::builder("ops").build().unwrap();
+    let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<()>();
+    let fail_rx = std::sync::Mutex::new(Some(fail_rx));
+    rt.register(
+        WorkerSpec::new(
+            "fragile",
+            workerkit_core::LoopWorker::new(move |_ctx| {
+                let rx = fail_rx.lock().unwrap().take();
+                async move {
+                    if let Some(rx) = rx {
+                        let _ = rx.await;
+                    }
+                    Err::<(), BoxError>("disk gone".into())
+                }
+            }),
+        )
+        .failure_policy(FailurePolicy::FailRuntime),
+    )
+    .unwrap();
+    rt.start_all().await.unwrap();
+    let app: Router = workerkit_opshttp::probes(rt.clone());
+    let reply = get(&app, "/livez").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body, json!({"status": "ok"}));
+
+    fail_tx.send(()).unwrap();
+    let mut watch = rt.subscribe();
+    watch.wait_until(|rt| !rt.liveness().live).await;
+    let reply = get(&app, "/livez").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.body["status"], "not_live");
+    let reasons = reply.body["reasons"].as_array().unwrap();
+    assert_eq!(
+        reply.body["reasons"],
+        json!([
+            "runtime \"ops\" failed",
+            "worker \"ops/fragile\" failed (worker_failed; fail_runtime)"
+        ])
+    );
+    assert!(!reply.raw.contains("disk gone"), "the cause stays private");
+}
