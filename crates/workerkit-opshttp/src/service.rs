@@ -11,9 +11,10 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use workerkit_core::command::InFlightCommand;
 use workerkit_core::error::{ShutdownError, ShutdownReport};
-use workerkit_core::signal::{SignalKind, shutdown_signal};
-use workerkit_core::{LifecycleError, Runtime, ShutdownOptions};
+use workerkit_core::signal::{ShutdownSignal, SignalKind, shutdown_signal};
+use workerkit_core::{LifecycleError, LifecycleState, Runtime, ShutdownOptions};
 
 use crate::ServingState;
 
@@ -39,7 +40,10 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 ///    anyway (each still gets the [stop grace](Self::stop_grace)) and the report names the ones
 ///    that did not finish;
 /// 4. a second signal (or the future given to [`force_on`](Self::force_on)) cuts the waiting
-///    short: the server is closed and the workers are stopped at once.
+///    short: the server stops waiting for requests, the runtime stops waiting for commands
+///    ([`Runtime::force_shutdown`]), and `run` returns without waiting for the workers' stops
+///    still running (at most the stop grace, if they had not begun); the report names the
+///    workers not yet stopped.
 ///
 /// [`run`](Self::run) returns an error (so `main` can exit non-zero) when the runtime failed,
 /// or the shutdown was forced or incomplete.
@@ -70,6 +74,7 @@ pub struct ManagedService {
     stop_grace: Duration,
     start_workers: bool,
     os_signals: bool,
+    signals: Option<ShutdownSignal>,
     shutdown_on: Option<BoxFuture>,
     force_on: Option<BoxFuture>,
 }
@@ -121,6 +126,10 @@ pub struct ServiceReport {
     pub shutdown: Option<ShutdownReport>,
     /// Workers that did not stop cleanly, by qualified name.
     pub unfinished: Vec<String>,
+    /// Commands still running when the HTTP drain was cut short (by the budget or a forced
+    /// stop): their HTTP requests were no longer waited for. What became of each is what the
+    /// runtime's shutdown gave it (its worker's stop, or the end of the process).
+    pub abandoned_commands: Vec<InFlightCommand>,
     /// From the trigger to the end.
     pub elapsed: Duration,
 }
@@ -134,6 +143,7 @@ impl ServiceReport {
             && !self.runtime_failed
             && self.http_drained
             && self.unfinished.is_empty()
+            && self.abandoned_commands.is_empty()
             && self.shutdown.as_ref().is_some_and(|r| !r.deadline_exceeded)
     }
 }
@@ -189,6 +199,17 @@ fn describe(report: &ServiceReport) -> String {
     {
         parts.push("shutdown budget exhausted".to_owned());
     }
+    if !report.abandoned_commands.is_empty() {
+        let commands: Vec<String> = report
+            .abandoned_commands
+            .iter()
+            .map(|c| format!("{}/{} ({})", c.worker, c.command, c.id))
+            .collect();
+        parts.push(format!(
+            "commands cut off with their HTTP requests: {}",
+            commands.join(", ")
+        ));
+    }
     if !report.unfinished.is_empty() {
         parts.push(format!(
             "workers that did not stop cleanly: {}",
@@ -213,6 +234,7 @@ impl ManagedService {
             stop_grace: DEFAULT_STOP_GRACE,
             start_workers: true,
             os_signals: true,
+            signals: None,
             shutdown_on: None,
             force_on: None,
         }
@@ -263,6 +285,16 @@ impl ManagedService {
         self
     }
 
+    /// Uses signal handlers installed earlier, so that a signal arriving before
+    /// [`run`](Self::run) (say, during a slow startup) is not lost: install them with
+    /// [`shutdown_signal`](workerkit_core::signal::shutdown_signal) first thing in `main`.
+    #[must_use]
+    pub fn signals(mut self, signals: ShutdownSignal) -> Self {
+        self.signals = Some(signals);
+        self.os_signals = true;
+        self
+    }
+
     /// Starts the graceful shutdown when `future` completes (as well as on signals).
     #[must_use]
     pub fn shutdown_on(mut self, future: impl Future<Output = ()> + Send + 'static) -> Self {
@@ -294,13 +326,14 @@ impl ManagedService {
             stop_grace,
             start_workers,
             os_signals,
+            signals,
             shutdown_on,
             force_on,
         } = self;
-        let mut signals = if os_signals {
-            Some(shutdown_signal()?)
-        } else {
-            None
+        let mut signals = match signals {
+            Some(signals) => Some(signals),
+            None if os_signals => Some(shutdown_signal()?),
+            None => None,
         };
 
         if start_workers {
@@ -317,6 +350,7 @@ impl ManagedService {
                     http_drained: true,
                     shutdown: None,
                     unfinished: Vec::new(),
+                    abandoned_commands: Vec::new(),
                     elapsed: Duration::ZERO,
                 };
                 record_shutdown(&mut report, result);
@@ -378,12 +412,14 @@ impl ManagedService {
         // 2. HTTP drain: stop accepting, let requests in flight finish.
         let _ = stop_http.send(true);
         let mut serve_error = None;
+        let mut abandoned_commands = Vec::new();
         let http_drained = if let Some(result) = server_result.take() {
             if let Ok(Err(err)) = result {
                 serve_error = Some(err);
             }
             true
         } else if forced {
+            abandoned_commands = runtime.in_flight();
             server.abort();
             false
         } else {
@@ -396,12 +432,14 @@ impl ManagedService {
                     }
                     Ok(Err(_join)) => false,
                     Err(_elapsed) => {
+                        abandoned_commands = runtime.in_flight();
                         server.abort();
                         false
                     }
                 },
                 () = &mut force => {
                     forced = true;
+                    abandoned_commands = runtime.in_flight();
                     server.abort();
                     false
                 }
@@ -416,14 +454,18 @@ impl ManagedService {
         let shutdown = runtime.shutdown_with(ShutdownOptions::new(remaining, stop_grace));
         let mut shutdown = std::pin::pin!(shutdown);
         let result = if forced {
-            shutdown.await
+            // Forced before the workers' shutdown began: stop them, but wait no longer than the
+            // stop grace.
+            tokio::time::timeout(stop_grace, &mut shutdown).await.ok()
         } else {
             tokio::select! {
-                result = &mut shutdown => result,
+                result = &mut shutdown => Some(result),
+                // Forced while the workers shut down: stop waiting at once. The runtime goes on
+                // stopping them until the process exits.
                 () = &mut force => {
                     forced = true;
                     runtime.force_shutdown();
-                    shutdown.await
+                    None
                 }
             }
         };
@@ -435,9 +477,25 @@ impl ManagedService {
             http_drained,
             shutdown: None,
             unfinished: Vec::new(),
+            abandoned_commands,
             elapsed: Duration::ZERO,
         };
-        record_shutdown(&mut report, result);
+        match result {
+            Some(result) => record_shutdown(&mut report, result),
+            None => {
+                report.unfinished = runtime
+                    .workers()
+                    .into_iter()
+                    .filter(|w| {
+                        !matches!(
+                            w.status.state,
+                            LifecycleState::Stopped | LifecycleState::Registered
+                        )
+                    })
+                    .map(|w| w.qualified_name.to_string())
+                    .collect();
+            }
+        }
         report.elapsed = began.elapsed();
         if let Some(err) = serve_error {
             return Err(ServiceError::Io(err));
@@ -467,7 +525,7 @@ fn record_shutdown(report: &mut ServiceReport, result: Result<ShutdownReport, Sh
     }
 }
 
-async fn next_signal(signals: &mut Option<workerkit_core::signal::ShutdownSignal>) -> SignalKind {
+async fn next_signal(signals: &mut Option<ShutdownSignal>) -> SignalKind {
     match signals {
         Some(signals) => signals.recv().await,
         None => std::future::pending().await,

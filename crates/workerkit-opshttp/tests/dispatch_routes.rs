@@ -34,7 +34,10 @@ async fn echo_returns_the_payload_and_the_dispatch_identity() {
     assert!(data["worker"].as_str().unwrap().ends_with("echo"));
     assert!(data["id"].as_str().is_some_and(|id| id.len() == 36));
     assert_eq!(data["attempts"], 1);
-    assert_eq!(data["result"], json!({"message": "value", "payload": {"n": [1, 2, 3]}}));
+    assert_eq!(
+        data["result"],
+        json!({"message": "value", "payload": {"n": [1, 2, 3]}})
+    );
 }
 
 #[tokio::test]
@@ -114,7 +117,11 @@ async fn handler_errors_and_panics_are_500_without_their_text() {
     assert_eq!(reply.body["error"], "internal server error");
     assert!(reply.header("retry-after").is_none());
     let reply = dispatch(&app, "echo", "boom").await;
-    assert_error(&reply, StatusCode::INTERNAL_SERVER_ERROR, "command_panicked");
+    assert_error(
+        &reply,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "command_panicked",
+    );
     assert_eq!(reply.body["error"], "internal server error");
 }
 
@@ -234,7 +241,7 @@ async fn trace_context_and_request_id_reach_the_command_metadata() {
                         .request()
                         .all_metadata()
                         .iter()
-                        .map(|(k, v)| (k.to_string(), Value::from(v.to_string())))
+                        .map(|(k, v)| (k.clone(), Value::from(v.clone())))
                         .collect::<serde_json::Map<_, _>>()
                         .into();
                     Ok(workerkit_core::CommandResponse::payload(meta))
@@ -273,7 +280,10 @@ async fn nothing_admitted_is_lost_when_the_client_goes_away() {
     // The caller is gone; core ends the dispatch (abandoned) and frees its slot.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while !rt.in_flight().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "dispatch never ended");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dispatch never ended"
+        );
         tokio::task::yield_now().await;
     }
     let again = dispatch(&app, "echo", "echo").await;

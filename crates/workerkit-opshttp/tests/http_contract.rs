@@ -79,7 +79,10 @@ async fn routes_follow_the_prefix() {
     let rt = runtime(&Gates::default());
     let ops = OpsHttp::new(rt.clone()).prefix(" ops/ ").router();
     assert_eq!(get_uri(&ops, "/ops/runtime").await.status, StatusCode::OK);
-    assert_eq!(get_uri(&ops, "/admin/runtime").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get_uri(&ops, "/admin/runtime").await.status,
+        StatusCode::NOT_FOUND
+    );
     let root = OpsHttp::new(rt).prefix("").enable_lifecycle().router();
     assert_eq!(get_uri(&root, "/runtime").await.status, StatusCode::OK);
     assert_eq!(get_uri(&root, "/workers/echo").await.status, StatusCode::OK);
@@ -129,14 +132,18 @@ async fn bodies_over_the_limit_are_413() {
     let reply = post(&app, "/admin/commands/dispatch", &big).await;
     assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
     // A streamed body (no length known up front) is cut off too.
-    let chunks: Vec<Result<String, std::io::Error>> =
-        (0..10).map(|_| Ok("x".repeat(20))).collect();
+    let chunks: Vec<Result<String, std::io::Error>> = (0..10).map(|_| Ok("x".repeat(20))).collect();
     let request = Request::post("/admin/commands/dispatch")
         .body(Body::from_stream(futures_util::stream::iter(chunks)))
         .unwrap();
     let reply = send(&app, request).await;
     assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
-    let small = post(&app, "/admin/commands/dispatch", r#"{"worker":"echo","name":"echo"}"#).await;
+    let small = post(
+        &app,
+        "/admin/commands/dispatch",
+        r#"{"worker":"echo","name":"echo"}"#,
+    )
+    .await;
     assert_eq!(small.status, StatusCode::OK);
 }
 
@@ -181,7 +188,13 @@ async fn bearer_auth_guards_only_the_groups_it_is_given() {
         .lifecycle_layer(BearerAuthLayer::new("s3cret"))
         .router();
     let body = r#"{"worker":"echo","name":"echo"}"#;
-    for authorization in [None, Some("Bearer wrong"), Some("Basic s3cret"), Some("Bearer"), Some("Bearer s3cret ")] {
+    for authorization in [
+        None,
+        Some("Bearer wrong"),
+        Some("Basic s3cret"),
+        Some("Bearer"),
+        Some("Bearer s3cret "),
+    ] {
         let mut request = Request::post("/admin/commands/dispatch");
         if let Some(value) = authorization {
             request = request.header("authorization", value);
@@ -205,7 +218,10 @@ async fn bearer_auth_guards_only_the_groups_it_is_given() {
     assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
     // Read routes were given no layer.
     assert_eq!(get_uri(&app, "/admin/runtime").await.status, StatusCode::OK);
-    assert_eq!(get_uri(&app, "/admin/workers/start").await.status, StatusCode::OK);
+    assert_eq!(
+        get_uri(&app, "/admin/workers/start").await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]

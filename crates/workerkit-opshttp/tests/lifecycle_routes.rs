@@ -17,7 +17,12 @@ fn app(rt: &Runtime) -> Router {
 }
 
 async fn worker_op(app: &Router, verb: &str, name: &str) -> support::Reply {
-    post_json(app, &format!("/admin/workers/{verb}"), &json!({ "name": name })).await
+    post_json(
+        app,
+        &format!("/admin/workers/{verb}"),
+        &json!({ "name": name }),
+    )
+    .await
 }
 
 #[tokio::test]
@@ -30,16 +35,27 @@ async fn worker_verbs_return_the_snapshot() {
     assert_eq!(reply.body["data"]["status"]["state"], "running");
 
     let reply = worker_op(&app, "drain", "echo").await;
-    assert_eq!(reply.body["data"]["status"]["state"], "draining", "{}", reply.raw);
+    assert_eq!(
+        reply.body["data"]["status"]["state"], "draining",
+        "{}",
+        reply.raw
+    );
 
     let reply = worker_op(&app, "stop", "echo").await;
-    assert_eq!(reply.body["data"]["status"]["state"], "stopped", "{}", reply.raw);
+    assert_eq!(
+        reply.body["data"]["status"]["state"], "stopped",
+        "{}",
+        reply.raw
+    );
 
     worker_op(&app, "start", "echo").await;
     let reply = worker_op(&app, "shutdown", "echo").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
     assert_eq!(reply.body["data"]["status"]["state"], "stopped");
-    assert_eq!(rt.worker("echo").unwrap().status.state, LifecycleState::Stopped);
+    assert_eq!(
+        rt.worker("echo").unwrap().status.state,
+        LifecycleState::Stopped
+    );
 }
 
 #[tokio::test]
@@ -50,7 +66,11 @@ async fn a_worker_named_like_a_verb_can_be_controlled_and_read() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
     assert_eq!(reply.body["data"]["name"], "start");
     let read = get(&app, "/admin/workers/start").await;
-    assert_eq!(read.body["data"]["status"]["state"], "running", "{}", read.raw);
+    assert_eq!(
+        read.body["data"]["status"]["state"], "running",
+        "{}",
+        read.raw
+    );
 }
 
 #[tokio::test]
@@ -62,7 +82,10 @@ async fn worker_shutdown_waits_for_in_flight_commands() {
     let entered = gates.entered.notified();
     let held = tokio::spawn({
         let rt = rt.clone();
-        async move { rt.dispatch(workerkit_core::CommandRequest::new("echo", "hold")).await }
+        async move {
+            rt.dispatch(workerkit_core::CommandRequest::new("echo", "hold"))
+                .await
+        }
     });
     entered.await;
     let shutdown = tokio::spawn({
@@ -78,7 +101,11 @@ async fn worker_shutdown_waits_for_in_flight_commands() {
     gates.release.notify_one();
     assert!(held.await.unwrap().is_ok(), "the command finished normally");
     let reply = shutdown.await.unwrap();
-    assert_eq!(reply.body["data"]["status"]["state"], "stopped", "{}", reply.raw);
+    assert_eq!(
+        reply.body["data"]["status"]["state"], "stopped",
+        "{}",
+        reply.raw
+    );
 }
 
 #[tokio::test]
@@ -91,13 +118,25 @@ async fn runtime_verbs_return_identity_and_status() {
     assert_eq!(reply.body["data"]["status"]["state"], "running");
 
     let reply = post(&app, "/admin/runtime/drain", "{}").await;
-    assert_eq!(reply.body["data"]["status"]["state"], "draining", "{}", reply.raw);
+    assert_eq!(
+        reply.body["data"]["status"]["state"], "draining",
+        "{}",
+        reply.raw
+    );
     let reply = post(&app, "/admin/runtime/stop", " {} ").await;
-    assert_eq!(reply.body["data"]["status"]["state"], "stopped", "{}", reply.raw);
+    assert_eq!(
+        reply.body["data"]["status"]["state"], "stopped",
+        "{}",
+        reply.raw
+    );
 
     let reply = post(&app, "/admin/runtime/shutdown", "").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
-    assert_eq!(reply.body["data"]["status"]["shutDown"], true, "{}", reply.raw);
+    assert_eq!(
+        reply.body["data"]["status"]["shutDown"], true,
+        "{}",
+        reply.raw
+    );
     // Terminal: starting again is a conflict.
     let reply = post(&app, "/admin/runtime/start", "").await;
     assert_error(&reply, StatusCode::CONFLICT, "runtime_shut_down");
@@ -110,9 +149,17 @@ async fn bodies_are_strict_and_names_checked() {
     for body in ["{}", r#"{"name":""}"#, r#"{"name":null}"#] {
         let reply = post(&app, "/admin/workers/start", body).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_json");
-        assert_eq!(reply.body["error"], "missing required JSON field \"name\"", "{body:?}");
+        assert_eq!(
+            reply.body["error"], "missing required JSON field \"name\"",
+            "{body:?}"
+        );
     }
-    for body in ["", r#"{"name":"echo","x":1}"#, r#"{"name":"echo"}{}"#, "nope"] {
+    for body in [
+        "",
+        r#"{"name":"echo","x":1}"#,
+        r#"{"name":"echo"}{}"#,
+        "nope",
+    ] {
         let reply = post(&app, "/admin/workers/start", body).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_json");
     }
@@ -152,7 +199,12 @@ async fn a_workers_own_start_failure_is_500_without_its_text() {
     assert_error(&reply, StatusCode::INTERNAL_SERVER_ERROR, "start_failed");
     assert_eq!(reply.body["error"], "internal server error");
     let reply = post(&app, "/admin/runtime/start", "").await;
-    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", reply.raw);
+    assert_eq!(
+        reply.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{}",
+        reply.raw
+    );
     assert!(!reply.raw.contains("hunter2"));
 }
 
@@ -195,10 +247,9 @@ async fn an_operation_finishes_when_the_client_goes_away() {
 /// Polls a future once (and a few scheduler turns), returning whether it finished.
 async fn futures_poll_once<F: std::future::Future>(mut future: std::pin::Pin<&mut F>) -> bool {
     for _ in 0..3 {
-        let done = std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(future.as_mut().poll(cx).is_ready())
-        })
-        .await;
+        let done =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx).is_ready()))
+                .await;
         if done {
             return true;
         }

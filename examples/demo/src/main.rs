@@ -1,32 +1,43 @@
-//! The demo service: four workers, every status change printed, graceful shutdown on Ctrl-C or
-//! SIGTERM, and a forced exit on a second signal.
+//! The demo service: an HTTP operations plane over five workers, with Kubernetes probes and a
+//! managed graceful shutdown on Ctrl-C or SIGTERM (a second signal forces it).
 //!
 //! - `poller` polls on an interval (a [`LoopWorker`]) and fills a cache;
 //! - `subscriber` consumes from a simulated broker; a [`ReadinessCheck`] watches the connection,
 //!   which drops for a few seconds every 20 s, so you can watch readiness go down and up;
 //! - `maintenance` compacts now and then and does not contribute to readiness; its stop hook
 //!   takes about two seconds to finish the current compaction, so a shutdown takes visible time;
-//! - `admin` runs nothing by itself and owns three commands: `status/snapshot` (the workers'
-//!   counters as JSON), `cache/flush` (marked dangerous) and a slow `reindex` that stops when
-//!   cancelled. When `admin` stops, its commands get 1 s to finish, then are cancelled.
+//! - `admin` owns `status/snapshot`, `cache/flush` (dangerous) and a slow, cancellable
+//!   `reindex`; when `admin` stops, its commands get 1 s to finish, then are cancelled;
+//! - `echo` has a worker-local concurrency limit of 8 (fail-fast: the ninth concurrent command
+//!   gets 429) and the commands `echo` (returns its JSON payload), `sleep` (`{"ms": N}`: waits,
+//!   honouring cancellation) and `fail` (a handler error whose text holds a fake secret, which
+//!   never reaches a client).
+//!
+//! HTTP (default `127.0.0.1:8080`; `--addr` or `WORKERKIT_DEMO_ADDR` to change it; port 0 picks
+//! a free port, and the bound address is printed): probes `/livez` and `/readyz` at the root;
+//! read, dispatch and lifecycle routes under `/admin`. Mutating routes require
+//! `Authorization: Bearer <token>` when `WORKERKIT_DEMO_TOKEN` is set; without a token they are
+//! open on a loopback address and not mounted on any other.
+//!
+//! Shutdown: `WORKERKIT_DEMO_PRE_STOP_MS` (default 0) is the pre-stop delay during which
+//! `/readyz` is 503 and requests are still served; `WORKERKIT_DEMO_SHUTDOWN_BUDGET_MS` (default
+//! 10000) bounds pre-stop delay, HTTP drain and the workers' shutdown together. The exit code is
+//! 0 after a clean shutdown and 1 otherwise (forced, budget exhausted, or a failed runtime).
 //!
 //! A small [`Observer`] prints one line per event (transition, readiness, failure) and one per
-//! command dispatch. Once every worker runs and the runtime is ready, the demo lists the
-//! commands, dispatches `status/snapshot` and prints its result, prints the runtime's status as
-//! JSON and the line `demo: running; press Ctrl-C to stop`. The first Ctrl-C or SIGTERM starts a
-//! graceful shutdown (readiness off, drain, stop in reverse order) and prints its report; a
-//! second one during the shutdown exits at once with code 130. Everything is simulated
-//! in-process: no external services, no configuration.
+//! command dispatch. Everything is simulated in-process: no external services.
 //!
 //! Run with: `cargo run --release -p example-demo`
 
 use std::error::Error;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::watch;
+use workerkit_core::command::{AdmissionMode, json_handler};
 use workerkit_core::failure;
 use workerkit_core::observe::{
     CommandEndEvent, CommandObservation, CommandStartEvent, FailureEvent, Observer, ReadinessEvent,
@@ -37,12 +48,10 @@ use workerkit_core::{
     CommandRequest, CommandResponse, CommandSpec, LoopWorker, ReadinessCheck, Runtime,
     WorkerContext, WorkerSpec, handler_fn, worker_fn,
 };
+use workerkit_opshttp::{BearerAuthLayer, ManagedService, OpsHttp};
 
 /// The line printed once the demo is up; `tests/demo_signal.rs` waits for it.
 const RUNNING: &str = "demo: running; press Ctrl-C to stop";
-
-/// The exit code of a forced exit (128 + SIGINT, as shells report an interrupted program).
-const FORCED_EXIT_CODE: i32 = 130;
 
 /// How often the poller polls.
 const POLL_EVERY: Duration = Duration::from_secs(1);
@@ -139,7 +148,11 @@ impl Observer for PrintObserver {
         );
     }
 
-    fn on_command_start(&self, _event: &CommandStartEvent) -> Option<Box<dyn CommandObservation>> {
+    fn on_command_start(&self, event: &CommandStartEvent) -> Option<Box<dyn CommandObservation>> {
+        println!(
+            "command {} {} ({}): started",
+            event.worker, event.command, event.dispatch_id
+        );
         Some(Box::new(PrintCommand))
     }
 }
@@ -295,24 +308,132 @@ fn admin(counters: &Arc<Counters>, connected: &Arc<AtomicBool>) -> WorkerSpec {
         )
 }
 
-/// How the demo ended.
-enum Ending {
-    /// The graceful shutdown finished; exit with this code.
-    Graceful(std::process::ExitCode),
-    /// A second signal arrived during the shutdown.
-    Forced,
+/// The `echo` worker's fake secret: its `fail` command hides it in a handler error, and it must
+/// never reach a client.
+const FAKE_SECRET: &str = "password=hunter2";
+
+/// The `echo` worker: nothing to run by itself; three commands; at most 8 at once (fail-fast).
+fn echo() -> WorkerSpec {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sleep {
+        ms: u64,
+    }
+    WorkerSpec::new("echo", worker_fn(|_ctx| async { Ok(()) }))
+        .description("echoes, sleeps and fails on request")
+        .command_concurrency(8)
+        .command_admission(AdmissionMode::FailFast)
+        // At its stop, commands still running get half a second, then are cancelled.
+        .cancel_commands_on_stop(Duration::from_millis(500))
+        .command(
+            CommandSpec::new(
+                "echo",
+                handler_fn(|ctx| async move {
+                    Ok(CommandResponse::empty().with_payload(ctx.request().raw_payload().cloned()))
+                }),
+            )
+            .description("returns its JSON payload")
+            .payload_kind("any")
+            .idempotent(true),
+        )
+        .command(
+            CommandSpec::new(
+                "sleep",
+                json_handler(|ctx, sleep: Sleep| async move {
+                    tokio::select! {
+                        () = ctx.cancelled() => Err(failure::with_failure(
+                            format!("sleep of {} ms cancelled", sleep.ms),
+                            "cancelled",
+                            "sleep cancelled",
+                        )),
+                        () = tokio::time::sleep(Duration::from_millis(sleep.ms)) => {
+                            Ok(json!({ "slept_ms": sleep.ms }))
+                        }
+                    }
+                }),
+            )
+            .description("waits {\"ms\": N} milliseconds, honouring cancellation")
+            .payload_kind("sleep")
+            .no_timeout(),
+        )
+        .command(
+            CommandSpec::new(
+                "fail",
+                handler_fn(|_ctx| async {
+                    Err::<CommandResponse, _>(failure::BoxError::from(format!(
+                        "could not connect with {FAKE_SECRET}"
+                    )))
+                }),
+            )
+            .description("always fails (its error text holds a fake secret)"),
+        )
 }
 
-async fn run() -> Result<Ending, Box<dyn Error>> {
+/// The demo's settings, from the command line and the environment.
+#[derive(Debug)]
+struct Settings {
+    addr: SocketAddr,
+    token: Option<String>,
+    pre_stop: Duration,
+    budget: Duration,
+}
+
+fn settings() -> Result<Settings, Box<dyn Error>> {
+    let mut addr = std::env::var("WORKERKIT_DEMO_ADDR").ok();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--addr" => {
+                addr = Some(
+                    args.next()
+                        .ok_or("--addr needs a value, e.g. 127.0.0.1:8080")?,
+                )
+            }
+            other => match other.strip_prefix("--addr=") {
+                Some(value) => addr = Some(value.to_owned()),
+                None => {
+                    return Err(format!("unknown argument {other:?} (try --addr HOST:PORT)").into());
+                }
+            },
+        }
+    }
+    let addr = addr.as_deref().unwrap_or(DEFAULT_ADDR);
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|err| format!("invalid address {addr:?}: {err}"))?;
+    let millis = |name: &str, default: u64| -> Result<Duration, Box<dyn Error>> {
+        match std::env::var(name) {
+            Ok(value) => {
+                Ok(Duration::from_millis(value.parse().map_err(|err| {
+                    format!("invalid {name}={value:?}: {err}")
+                })?))
+            }
+            Err(_) => Ok(Duration::from_millis(default)),
+        }
+    };
+    Ok(Settings {
+        addr,
+        token: std::env::var("WORKERKIT_DEMO_TOKEN")
+            .ok()
+            .filter(|token| !token.is_empty()),
+        pre_stop: millis("WORKERKIT_DEMO_PRE_STOP_MS", 0)?,
+        budget: millis("WORKERKIT_DEMO_SHUTDOWN_BUDGET_MS", 10_000)?,
+    })
+}
+
+/// The default listen address.
+const DEFAULT_ADDR: &str = "127.0.0.1:8080";
+
+async fn run() -> Result<(), Box<dyn Error>> {
+    let settings = settings()?;
     // Install the signal handlers first, so a signal during startup is not lost.
-    let mut signals = shutdown_signal()?;
+    let signals = shutdown_signal()?;
 
     let runtime_ready = watch::Sender::new(false);
     let mut ready = runtime_ready.subscribe();
     let runtime = Runtime::builder("demo")
         .with_observer(PrintObserver { runtime_ready })
         .stop_timeout(Duration::from_secs(5))
-        .shutdown_timeout(Duration::from_secs(10))
         .build()?;
 
     let counters = Arc::new(Counters::default());
@@ -339,7 +460,34 @@ async fn run() -> Result<Ending, Box<dyn Error>> {
             .contributes_to_readiness(false),
     )?;
     runtime.register(admin(&counters, &connected))?;
+    runtime.register(echo())?;
 
+    // The operations plane. Mutating routes need the token when one is set; without one they
+    // are mounted only on a loopback address.
+    let mut ops = OpsHttp::new(runtime.clone());
+    let mutating = settings.token.is_some() || settings.addr.ip().is_loopback();
+    if mutating {
+        ops = ops.enable_dispatch().enable_lifecycle();
+    } else {
+        println!(
+            "demo: {} is not a loopback address and WORKERKIT_DEMO_TOKEN is not set: \
+             dispatch and lifecycle routes are off",
+            settings.addr
+        );
+    }
+    if let Some(token) = &settings.token {
+        ops = ops
+            .dispatch_layer(BearerAuthLayer::new(token))
+            .lifecycle_layer(BearerAuthLayer::new(token));
+    }
+    let app = axum::Router::new().merge(ops.router()).merge(ops.probes());
+    let listener = tokio::net::TcpListener::bind(settings.addr)
+        .await
+        .map_err(|err| format!("cannot listen on {}: {err}", settings.addr))?;
+    let local = listener.local_addr()?;
+
+    // Start the workers here (not in the managed service) to show the commands and status
+    // once everything runs.
     runtime.start_all().await?;
     // `wait_for` returns a borrow of the value, which blocks the observer's next `send_replace`
     // while it lives: keep only the verdict.
@@ -347,7 +495,7 @@ async fn run() -> Result<Ending, Box<dyn Error>> {
         .await
         .is_ok_and(|result| result.is_ok());
     if !became_ready {
-        println!("demo: not ready after 10 s; running anyway");
+        println!("demo: not ready after 10 s; serving anyway");
     }
     let commands: Vec<String> = runtime
         .all_commands()
@@ -365,28 +513,35 @@ async fn run() -> Result<Ending, Box<dyn Error>> {
         "status/snapshot: {}",
         serde_json::to_string(&snapshot.result)?
     );
-    println!("status: {}", serde_json::to_string(&runtime.status())?);
+    println!("demo: listening on http://{local}");
+    println!("demo: try  curl -s http://{local}/readyz  and  curl -s http://{local}/admin/workers");
     println!("{RUNNING}");
 
-    let first = signals.recv().await;
-    println!("demo: {first} received; shutting down gracefully (send it again to force exit)");
-    tokio::select! {
-        result = runtime.shutdown() => match result {
-            Ok(report) => {
+    let result = ManagedService::new(runtime, app)
+        .serving_state(ops.serving_state())
+        .signals(signals)
+        .start_workers(false)
+        .pre_stop_delay(settings.pre_stop)
+        .shutdown_budget(settings.budget)
+        .run(listener)
+        .await;
+    match result {
+        Ok(report) => {
+            let stopped = report.shutdown.map(|r| r.stopped).unwrap_or_default();
+            println!(
+                "demo: shutdown complete ({:?}): stopped {stopped:?} in {:?}",
+                report.trigger, report.elapsed
+            );
+            Ok(())
+        }
+        Err(err) => {
+            if let Some(report) = err.report() {
                 println!(
-                    "demo: shutdown complete: stopped {:?} in {:?}",
-                    report.stopped, report.elapsed
+                    "demo: shutdown not clean ({:?}, forced={}): {err}",
+                    report.trigger, report.forced
                 );
-                Ok(Ending::Graceful(std::process::ExitCode::SUCCESS))
             }
-            Err(err) => {
-                println!("demo: shutdown incomplete: {err}");
-                Ok(Ending::Graceful(std::process::ExitCode::FAILURE))
-            }
-        },
-        second = signals.recv() => {
-            println!("demo: {second} received during shutdown; forcing exit");
-            Ok(Ending::Forced)
+            Err(err.into())
         }
     }
 }
@@ -394,11 +549,9 @@ async fn run() -> Result<Ending, Box<dyn Error>> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     match run().await {
-        Ok(Ending::Graceful(code)) => code,
-        // Exit now, without waiting for the workers the shutdown is still stopping.
-        Ok(Ending::Forced) => std::process::exit(FORCED_EXIT_CODE),
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("demo: {err}");
+            println!("demo: error: {err}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,10 +1,13 @@
-//! Runs the demo binary and drives it with signals: SIGTERM shuts it down gracefully, and a
-//! second signal during the shutdown forces the exit.
+//! Runs the demo binary as a user would, over real HTTP, and drives it with signals: SIGTERM
+//! drains HTTP and commands and exits 0; a budget that runs out still stops the workers, names
+//! the stragglers and exits non-zero; a second signal forces the stop.
 //!
-//! Every wait has a deadline on an event (a line of output, the process's exit), never a sleep.
+//! Every wait has a deadline on an event (a line of output, an HTTP answer, the process's exit),
+//! never a sleep.
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
@@ -20,11 +23,18 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(30);
 const SHUTDOWN_LIMIT: Duration = Duration::from_secs(20);
 
 /// The demo's workers, as they appear in its event lines.
-const WORKERS: [&str; 3] = ["demo/poller", "demo/subscriber", "demo/maintenance"];
+const WORKERS: [&str; 5] = [
+    "demo/poller",
+    "demo/subscriber",
+    "demo/maintenance",
+    "demo/admin",
+    "demo/echo",
+];
 
 /// A running demo process, its output lines and its exit status, each delivered by a thread.
 struct Demo {
     pid: u32,
+    addr: Option<SocketAddr>,
     lines: Receiver<String>,
     exit: Receiver<std::io::Result<ExitStatus>>,
     transcript: Vec<String>,
@@ -32,8 +42,14 @@ struct Demo {
 }
 
 impl Demo {
-    fn start() -> Self {
+    /// Starts the demo on a free loopback port with these extra environment variables, and
+    /// waits until it runs.
+    fn start(env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_example-demo"))
+            .args(["--addr", "127.0.0.1:0"])
+            .env_remove("WORKERKIT_DEMO_TOKEN")
+            .env_remove("WORKERKIT_DEMO_ADDR")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -54,21 +70,35 @@ impl Demo {
         thread::spawn(move || {
             let _ = exit_tx.send(child.wait());
         });
-        Self {
+        let mut demo = Self {
             pid,
+            addr: None,
             lines,
             exit,
             transcript: Vec::new(),
             exited: false,
-        }
+        };
+        let line = demo.expect_line("demo: listening on http://", STARTUP_LIMIT);
+        let addr = line
+            .rsplit("http://")
+            .next()
+            .and_then(|addr| addr.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        demo.addr = Some(addr);
+        demo.expect_line(RUNNING, STARTUP_LIMIT);
+        demo
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.addr.expect("started")
     }
 
     fn output(&self) -> String {
         self.transcript.join("\n")
     }
 
-    /// Reads output until a line contains `needle`, failing after `limit`.
-    fn expect_line(&mut self, needle: &str, limit: Duration) {
+    /// Reads output until a line contains `needle`, failing after `limit`; returns the line.
+    fn expect_line(&mut self, needle: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
             match self
@@ -77,9 +107,9 @@ impl Demo {
             {
                 Ok(line) => {
                     let found = line.contains(needle);
-                    self.transcript.push(line);
+                    self.transcript.push(line.clone());
                     if found {
-                        return;
+                        return line;
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => panic!(
@@ -134,7 +164,10 @@ impl Drop for Demo {
     /// Never leaves a demo running after a failed test.
     fn drop(&mut self) {
         if !self.exited {
-            send_signal(self.pid, "KILL");
+            // The process may have exited already: ignore the outcome.
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
         }
     }
 }
@@ -154,23 +187,74 @@ fn send_signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill {flag} {pid} failed: {status}");
 }
 
-#[test]
-fn sigterm_shuts_the_demo_down_gracefully() {
-    let mut demo = Demo::start();
-    demo.expect_line(RUNNING, STARTUP_LIMIT);
-    assert!(demo.has_line("status: {"), "{}", demo.output());
-
-    demo.signal("TERM");
-    let status = demo.wait_exit(SHUTDOWN_LIMIT);
-
-    assert_eq!(status.code(), Some(0), "output:\n{}", demo.output());
-    assert!(
-        demo.has_line("demo: SIGTERM received; shutting down gracefully"),
-        "{}",
-        demo.output()
+/// One HTTP/1.1 request on its own connection; returns the status and the body. `None` if the
+/// connection was refused or cut.
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .ok()?;
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+/// Dispatches `echo/sleep` for `ms` on a thread; the answer arrives on the receiver.
+fn sleep_command(addr: SocketAddr, ms: u64) -> Receiver<Option<(u16, String)>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let body = format!(r#"{{"worker":"echo","name":"sleep","payload":{{"ms":{ms}}}}}"#);
+        let _ = tx.send(http(addr, "POST", "/admin/commands/dispatch", Some(&body)));
+    });
+    rx
+}
+
+#[test]
+fn sigterm_lets_commands_in_flight_finish_and_exits_zero() {
+    let mut demo = Demo::start(&[("WORKERKIT_DEMO_PRE_STOP_MS", "1500")]);
+    let addr = demo.addr();
+    let (status, body) = http(addr, "GET", "/readyz", None).expect("readyz");
+    assert_eq!(status, 200, "{body}");
+
+    let answer = sleep_command(addr, 1000);
+    demo.expect_line("command demo/echo sleep", STARTUP_LIMIT);
+    demo.signal("TERM");
+
+    // Readiness goes 503 while the server still serves (the pre-stop delay).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http(addr, "GET", "/readyz", None).expect("served during pre-stop");
+        if status == 503 {
+            assert!(body.contains(r#""status":"not_ready""#), "{body}");
+            assert!(body.contains("shutting down"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness stayed {status}: {body}"
+        );
+    }
+
+    let (status, body) = answer
+        .recv_timeout(SHUTDOWN_LIMIT)
+        .expect("an answer")
+        .expect("the command's HTTP request completed");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""slept_ms":1000"#), "{body}");
+
+    let exit = demo.wait_exit(SHUTDOWN_LIMIT);
+    assert_eq!(exit.code(), Some(0), "output:\n{}", demo.output());
     assert!(
-        demo.has_line("demo: shutdown complete: stopped"),
+        demo.has_line("demo: shutdown complete (Signal(Terminate))"),
         "{}",
         demo.output()
     );
@@ -181,37 +265,76 @@ fn sigterm_shuts_the_demo_down_gracefully() {
             demo.output()
         );
     }
-    assert!(
-        demo.has_line("demo (runtime): stopping -> stopped"),
-        "{}",
-        demo.output()
-    );
 }
 
 #[test]
-fn second_signal_during_shutdown_forces_exit() {
-    let mut demo = Demo::start();
-    demo.expect_line(RUNNING, STARTUP_LIMIT);
-
+fn an_exhausted_budget_still_stops_the_workers_names_stragglers_and_exits_non_zero() {
+    let mut demo = Demo::start(&[("WORKERKIT_DEMO_SHUTDOWN_BUDGET_MS", "300")]);
+    let addr = demo.addr();
+    let answer = sleep_command(addr, 60_000);
+    let started = demo.expect_line("command demo/echo sleep", STARTUP_LIMIT);
     demo.signal("TERM");
-    // Maintenance stops first (reverse registration order) and takes about 2 s: signal again
+
+    let exit = demo.wait_exit(SHUTDOWN_LIMIT);
+    assert_eq!(exit.code(), Some(1), "output:\n{}", demo.output());
+    let id = started
+        .split(['(', ')'])
+        .nth(1)
+        .expect("the dispatch id in the start line");
+    assert!(
+        demo.has_line(&format!(
+            "commands cut off with their HTTP requests: demo/echo/sleep ({id})"
+        )),
+        "the straggler is named; output:\n{}",
+        demo.output()
+    );
+    // The workers were stopped anyway; the long command was cancelled by echo's stop.
+    assert!(
+        demo.has_line("demo/echo: stopping -> stopped"),
+        "{}",
+        demo.output()
+    );
+    assert!(
+        demo.has_line("demo/poller: stopping -> stopped"),
+        "{}",
+        demo.output()
+    );
+    assert!(
+        demo.has_line(&format!("command demo/echo sleep ({id}): cancelled")),
+        "{}",
+        demo.output()
+    );
+    drop(answer);
+}
+
+#[test]
+fn a_second_signal_forces_the_stop() {
+    let mut demo = Demo::start(&[]);
+    demo.signal("TERM");
+    // Maintenance stops third (reverse registration order) and takes about 2 s: signal again
     // while it finishes.
     demo.expect_line(
         "maintenance: finishing the current compaction",
         SHUTDOWN_LIMIT,
     );
+    let forced_at = Instant::now();
     demo.signal("INT");
-    let status = demo.wait_exit(SHUTDOWN_LIMIT);
-
-    assert_eq!(status.code(), Some(130), "output:\n{}", demo.output());
+    let exit = demo.wait_exit(SHUTDOWN_LIMIT);
+    assert_eq!(exit.code(), Some(1), "output:\n{}", demo.output());
+    assert!(demo.has_line("forced=true"), "{}", demo.output());
     assert!(
-        demo.has_line("demo: SIGINT received during shutdown; forcing exit"),
+        demo.has_line("demo/maintenance"),
+        "the unfinished worker is named; output:\n{}",
+        demo.output()
+    );
+    assert!(
+        !demo.has_line("maintenance: compaction finished"),
         "{}",
         demo.output()
     );
     assert!(
-        !demo.has_line("demo: shutdown complete"),
-        "{}",
-        demo.output()
+        forced_at.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        forced_at.elapsed()
     );
 }
