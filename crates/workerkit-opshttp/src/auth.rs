@@ -28,7 +28,9 @@ use crate::request_id::REQUEST_ID;
 ///     .enable_dispatch()
 ///     .dispatch_layer(BearerAuthLayer::new("s3cret"));
 /// let app: axum::Router = ops.router();
+/// # let _ = app;
 /// # }
+/// # let _ = demo;
 /// ```
 #[derive(Clone)]
 pub struct BearerAuthLayer {

@@ -29,6 +29,7 @@
 //!     .merge(ops.router())
 //!     .merge(ops.probes());
 //! # let _ = app; Ok(()) }
+//! # demo().unwrap();
 //! ```
 //!
 //! The wire contract (routes, bodies, status codes and their stable `code` strings) is in

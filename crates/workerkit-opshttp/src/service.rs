@@ -64,6 +64,7 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 ///     .await?;
 /// println!("clean shutdown in {:?}", report.elapsed);
 /// # Ok(()) }
+/// # let _ = demo;
 /// ```
 pub struct ManagedService {
     runtime: Runtime,
