@@ -35,9 +35,12 @@ impl CommandObservation for CommandSpan {
         let span = &self.span;
         span.record("attempts", event.attempts);
         span.record("outcome", event.outcome.as_str());
-        let _entered = span.enter();
+        // The end event's parent is the span, given explicitly (cheaper than entering it); if a
+        // filter disabled the span but not the event, the caller's span.
+        let parent = span.id().or_else(|| Span::current().id());
         let failure = event.failure.as_ref();
         event_at!(
+            parent: parent.clone(),
             self.level,
             message = message::COMMAND_COMPLETED,
             runtime = &*event.runtime,
@@ -53,6 +56,7 @@ impl CommandObservation for CommandSpan {
         );
         if self.log_causes {
             log_cause(
+                parent,
                 &CauseFields {
                     runtime: &event.runtime,
                     worker: Some(&event.worker),

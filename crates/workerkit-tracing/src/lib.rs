@@ -78,6 +78,25 @@
 /// Emits a `tracing` event at a level known only at run time (each level has its own callsite,
 /// so a disabled level costs a callsite check and nothing else).
 macro_rules! event_at {
+    (parent: $parent:expr, $level:expr, $($fields:tt)+) => {
+        match $level {
+            ::tracing::Level::ERROR => ::tracing::event!(
+                target: $crate::TARGET, parent: $parent, ::tracing::Level::ERROR, $($fields)+
+            ),
+            ::tracing::Level::WARN => ::tracing::event!(
+                target: $crate::TARGET, parent: $parent, ::tracing::Level::WARN, $($fields)+
+            ),
+            ::tracing::Level::INFO => ::tracing::event!(
+                target: $crate::TARGET, parent: $parent, ::tracing::Level::INFO, $($fields)+
+            ),
+            ::tracing::Level::DEBUG => ::tracing::event!(
+                target: $crate::TARGET, parent: $parent, ::tracing::Level::DEBUG, $($fields)+
+            ),
+            _ => ::tracing::event!(
+                target: $crate::TARGET, parent: $parent, ::tracing::Level::TRACE, $($fields)+
+            ),
+        }
+    };
     ($level:expr, $($fields:tt)+) => {
         match $level {
             ::tracing::Level::ERROR => {

@@ -3,8 +3,9 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use tracing::Level;
 use tracing::field::Empty;
+use tracing::span::Id;
+use tracing::{Level, Span};
 use workerkit_core::Observer;
 use workerkit_core::command::DispatchId;
 use workerkit_core::observe::{
@@ -152,6 +153,7 @@ impl Observer for TracingObserver {
         );
         if self.log_causes {
             log_cause(
+                Span::current().id(),
                 &CauseFields {
                     runtime: &event.runtime,
                     worker: event.worker.as_deref(),
@@ -244,10 +246,11 @@ pub(crate) struct CauseFields<'a> {
 }
 
 /// Emits the `DEBUG` cause event, if there is a cause.
-pub(crate) fn log_cause(fields: &CauseFields<'_>, cause: Option<&Cause>) {
+pub(crate) fn log_cause(parent: Option<Id>, fields: &CauseFields<'_>, cause: Option<&Cause>) {
     let Some(cause) = cause else { return };
     tracing::event!(
         target: TARGET,
+        parent: parent,
         Level::DEBUG,
         message = message::FAILURE_CAUSE,
         runtime = fields.runtime,

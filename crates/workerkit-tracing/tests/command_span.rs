@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::{EventRecord, Recording, SpanRecord, quiet_expected_panics, record};
+use support::{EventRecord, Recording, SpanRecord, quiet_expected_panics, record, record_filtered};
 use tracing::{Instrument, Level};
 use workerkit_core::command::{CommandHandler, CommandResult, DispatchError};
 use workerkit_core::failure::with_failure;
@@ -325,5 +325,25 @@ async fn dispatches_to_unknown_commands_open_no_span() {
     assert_eq!(error.code(), "command_not_found");
     assert!(recording.spans_named(COMMAND_SPAN).is_empty());
     assert!(recording.with_message(COMMAND_COMPLETED).is_empty());
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_command_span_filtered_out_the_end_event_stays_in_the_callers_span() {
+    let (recording, _guard) = record_filtered(tracing_subscriber::filter::filter_fn(|meta| {
+        meta.name() != COMMAND_SPAN
+    }));
+    let rt = started(CommandSpec::new(
+        "c",
+        handler_fn(|_ctx| async { Ok(CommandResponse::empty()) }),
+    ))
+    .await;
+
+    let (result, caller) = dispatch_in_caller_span(&rt, &recording).await;
+    result.expect("the command succeeds");
+    assert!(recording.spans_named(COMMAND_SPAN).is_empty());
+    let end = recording.one(COMMAND_COMPLETED);
+    assert_eq!(end.scope, vec![caller]);
+    assert_eq!(end.field("attempts"), Some("1"));
     rt.shutdown().await.expect("shutdown");
 }

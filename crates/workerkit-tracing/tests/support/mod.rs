@@ -14,8 +14,9 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::DefaultGuard;
 use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::Registry;
 use tracing_subscriber::filter::LevelFilter;
-use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::layer::{Context, Filter, Layer, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
 /// Field values as text: strings as they are, everything else in its `Debug` form (which is
@@ -253,12 +254,19 @@ pub(crate) fn record() -> (Recording, DefaultGuard) {
 
 /// Installs a recording subscriber that records up to `max` for the current thread.
 pub(crate) fn record_at(max: LevelFilter) -> (Recording, DefaultGuard) {
+    record_filtered(max)
+}
+
+/// Installs a recording subscriber that records what `filter` lets through.
+pub(crate) fn record_filtered(
+    filter: impl Filter<Registry> + Send + Sync + 'static,
+) -> (Recording, DefaultGuard) {
     let recording = Recording::default();
     let subscriber = tracing_subscriber::registry().with(
         Recorder {
             recording: recording.clone(),
         }
-        .with_filter(max),
+        .with_filter(filter),
     );
     let guard = tracing::subscriber::set_default(subscriber);
     (recording, guard)
