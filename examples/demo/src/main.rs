@@ -24,8 +24,9 @@
 //! 10000) bounds pre-stop delay, HTTP drain and the workers' shutdown together. The exit code is
 //! 0 after a clean shutdown and 1 otherwise (forced, budget exhausted, or a failed runtime).
 //!
-//! A small [`Observer`] prints one line per event (transition, readiness, failure) and one per
-//! command dispatch. Everything is simulated in-process: no external services.
+//! Logs go to stdout: every lifecycle, readiness, failure and command event through
+//! [`TracingObserver`] (with a span per command), and the demo's own lines. Everything is
+//! simulated in-process: no external services.
 //!
 //! Run with: `cargo run --release -p example-demo`
 
@@ -36,19 +37,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::sync::watch;
 use workerkit_core::command::{AdmissionMode, json_handler};
 use workerkit_core::failure;
-use workerkit_core::observe::{
-    CommandEndEvent, CommandObservation, CommandStartEvent, FailureEvent, Observer, ReadinessEvent,
-    TransitionEvent,
-};
 use workerkit_core::signal::shutdown_signal;
 use workerkit_core::{
     CommandRequest, CommandResponse, CommandSpec, LoopWorker, ReadinessCheck, Runtime,
     WorkerContext, WorkerSpec, handler_fn, worker_fn,
 };
 use workerkit_opshttp::{BearerAuthLayer, ManagedService, OpsHttp};
+use workerkit_tracing::TracingObserver;
 
 /// The line printed once the demo is up; `tests/demo_signal.rs` waits for it.
 const RUNNING: &str = "demo: running; press Ctrl-C to stop";
@@ -77,84 +74,6 @@ struct Counters {
     polls: AtomicU64,
     cached: AtomicU64,
     compactions: AtomicU64,
-}
-
-/// Prints one line per lifecycle event, and publishes the runtime's readiness so `main` can
-/// wait for it after its event line was printed.
-///
-/// Gaps in the `#` numbering are operation events (an operation began or ended), which this
-/// observer does not print.
-#[derive(Debug)]
-struct PrintObserver {
-    runtime_ready: watch::Sender<bool>,
-}
-
-/// The subject of an event: the qualified worker name, or the runtime.
-fn subject(worker: Option<&str>, runtime: &str) -> String {
-    worker.map_or_else(|| format!("{runtime} (runtime)"), str::to_owned)
-}
-
-/// Follows one command dispatch and prints how it ended.
-#[derive(Debug)]
-struct PrintCommand;
-
-impl CommandObservation for PrintCommand {
-    fn end(self: Box<Self>, event: &CommandEndEvent) {
-        let code = event.failure.as_ref().map_or("-", |f| f.code());
-        println!(
-            "command {} {} ({}): {} after {} attempt(s) in {:?} (code {code})",
-            event.worker,
-            event.command,
-            event.dispatch_id,
-            event.outcome.as_str(),
-            event.attempts,
-            event.duration
-        );
-    }
-}
-
-impl Observer for PrintObserver {
-    fn on_transition(&self, event: &TransitionEvent) {
-        println!(
-            "event #{:<3} {}: {} -> {}",
-            event.seq,
-            subject(event.worker.as_deref(), &event.runtime),
-            event.from,
-            event.to
-        );
-    }
-
-    fn on_readiness(&self, event: &ReadinessEvent) {
-        println!(
-            "event #{:<3} {}: ready={}",
-            event.seq,
-            subject(event.worker.as_deref(), &event.runtime),
-            event.ready
-        );
-        if event.worker.is_none() {
-            self.runtime_ready.send_replace(event.ready);
-        }
-    }
-
-    fn on_failure(&self, event: &FailureEvent) {
-        // Only the public code and message; the private cause never goes to output.
-        println!(
-            "event #{:<3} {}: failure code={} message={:?} panic={}",
-            event.seq,
-            subject(event.worker.as_deref(), &event.runtime),
-            event.failure.code(),
-            event.failure.message(),
-            event.panic
-        );
-    }
-
-    fn on_command_start(&self, event: &CommandStartEvent) -> Option<Box<dyn CommandObservation>> {
-        println!(
-            "command {} {} ({}): started",
-            event.worker, event.command, event.dispatch_id
-        );
-        Some(Box::new(PrintCommand))
-    }
 }
 
 /// Polls every [`POLL_EVERY`], caches what it got, and reports every fifth poll.
@@ -429,10 +348,13 @@ async fn run() -> Result<(), Box<dyn Error>> {
     // Install the signal handlers first, so a signal during startup is not lost.
     let signals = shutdown_signal()?;
 
-    let runtime_ready = watch::Sender::new(false);
-    let mut ready = runtime_ready.subscribe();
+    // Logs on stdout: the runtime's events through the tracing observer.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stdout)
+        .with_target(false)
+        .init();
     let runtime = Runtime::builder("demo")
-        .with_observer(PrintObserver { runtime_ready })
+        .with_observer(TracingObserver::new())
         .stop_timeout(Duration::from_secs(5))
         .build()?;
 
@@ -489,11 +411,13 @@ async fn run() -> Result<(), Box<dyn Error>> {
     // Start the workers here (not in the managed service) to show the commands and status
     // once everything runs.
     runtime.start_all().await?;
-    // `wait_for` returns a borrow of the value, which blocks the observer's next `send_replace`
-    // while it lives: keep only the verdict.
-    let became_ready = tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
-        .await
-        .is_ok_and(|result| result.is_ok());
+    let mut watch = runtime.subscribe();
+    let became_ready = tokio::time::timeout(
+        Duration::from_secs(10),
+        watch.wait_until(|rt| rt.status().ready),
+    )
+    .await
+    .is_ok();
     if !became_ready {
         println!("demo: not ready after 10 s; serving anyway");
     }

@@ -208,6 +208,26 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Optio
     Some((status, body))
 }
 
+/// Waits (bounded) until a command is in flight, as `GET /admin/commands/inflight` says;
+/// returns its dispatch id.
+fn wait_in_flight(addr: SocketAddr) -> String {
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    loop {
+        let (status, body) = http(addr, "GET", "/admin/commands/inflight", None).expect("inflight");
+        assert_eq!(status, 200, "{body}");
+        if let Some(rest) = body.split(r#""id":""#).nth(1) {
+            return rest.split('"').next().unwrap_or_default().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no command in flight: {body}");
+        thread::yield_now();
+    }
+}
+
+/// A transition line of the tracing observer.
+fn transition(worker: &str, from: &str, to: &str) -> String {
+    format!(r#"worker="{worker}" lifecycle_from="{from}" lifecycle_to="{to}""#)
+}
+
 /// Dispatches `echo/sleep` for `ms` on a thread; the answer arrives on the receiver.
 fn sleep_command(addr: SocketAddr, ms: u64) -> Receiver<Option<(u16, String)>> {
     let (tx, rx) = mpsc::channel();
@@ -226,7 +246,7 @@ fn sigterm_lets_commands_in_flight_finish_and_exits_zero() {
     assert_eq!(status, 200, "{body}");
 
     let answer = sleep_command(addr, 1000);
-    demo.expect_line("command demo/echo sleep", STARTUP_LIMIT);
+    wait_in_flight(addr);
     demo.signal("TERM");
 
     // Readiness goes 503 while the server still serves (the pre-stop delay).
@@ -260,7 +280,7 @@ fn sigterm_lets_commands_in_flight_finish_and_exits_zero() {
     );
     for worker in WORKERS {
         assert!(
-            demo.has_line(&format!("{worker}: stopping -> stopped")),
+            demo.has_line(&transition(worker, "stopping", "stopped")),
             "no stopped transition for {worker}; output:\n{}",
             demo.output()
         );
@@ -272,15 +292,11 @@ fn an_exhausted_budget_still_stops_the_workers_names_stragglers_and_exits_non_ze
     let mut demo = Demo::start(&[("WORKERKIT_DEMO_SHUTDOWN_BUDGET_MS", "300")]);
     let addr = demo.addr();
     let answer = sleep_command(addr, 60_000);
-    let started = demo.expect_line("command demo/echo sleep", STARTUP_LIMIT);
+    let id = wait_in_flight(addr);
     demo.signal("TERM");
 
     let exit = demo.wait_exit(SHUTDOWN_LIMIT);
     assert_eq!(exit.code(), Some(1), "output:\n{}", demo.output());
-    let id = started
-        .split(['(', ')'])
-        .nth(1)
-        .expect("the dispatch id in the start line");
     assert!(
         demo.has_line(&format!(
             "commands cut off with their HTTP requests: demo/echo/sleep ({id})"
@@ -290,18 +306,22 @@ fn an_exhausted_budget_still_stops_the_workers_names_stragglers_and_exits_non_ze
     );
     // The workers were stopped anyway; the long command was cancelled by echo's stop.
     assert!(
-        demo.has_line("demo/echo: stopping -> stopped"),
+        demo.has_line(&transition("demo/echo", "stopping", "stopped")),
         "{}",
         demo.output()
     );
     assert!(
-        demo.has_line("demo/poller: stopping -> stopped"),
+        demo.has_line(&transition("demo/poller", "stopping", "stopped")),
         "{}",
         demo.output()
     );
     assert!(
-        demo.has_line(&format!("command demo/echo sleep ({id}): cancelled")),
-        "{}",
+        demo.transcript.iter().any(|line| {
+            line.contains("workerkit command dispatch completed")
+                && line.contains(&format!("dispatch_id={id}"))
+                && line.contains(r#"outcome="cancelled""#)
+        }),
+        "the long command was cancelled by echo's stop; output:\n{}",
         demo.output()
     );
     drop(answer);
