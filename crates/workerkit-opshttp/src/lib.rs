@@ -36,8 +36,7 @@
 //! `docs/ops-http.md`; the [`code`] module names every code.
 //!
 //! The handlers are written against core's control-plane traits
-//! ([`Inspect`](workerkit_core::control::Inspect), [`Dispatch`](workerkit_core::control::Dispatch),
-//! [`Control`](workerkit_core::control::Control)), never against `Runtime`'s internals.
+//! ([`Inspect`], [`Dispatch`], [`Control`]), never against `Runtime`'s internals.
 #![deny(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
