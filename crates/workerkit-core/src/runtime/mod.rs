@@ -55,7 +55,9 @@ pub(crate) struct Inner {
     /// The sequence number of the last event delivered to observers.
     delivered: watch::Sender<u64>,
     /// Workers by local name, readable without the state lock (for dispatch).
-    registry: std::sync::RwLock<std::collections::HashMap<Arc<str>, Arc<WorkerEntry>>>,
+    registry: std::sync::RwLock<
+        std::collections::HashMap<Arc<str>, Arc<WorkerEntry>, crate::name::NameHash>,
+    >,
     /// Command admission, mirrored from the state at every commit: bit 7 set = open, low bits =
     /// the aggregate state's index.
     admission: std::sync::atomic::AtomicU8,
@@ -321,7 +323,7 @@ impl Runtime {
                 observers: Observers::new(observers),
                 changes: watch::Sender::new(0),
                 delivered: watch::Sender::new(0),
-                registry: std::sync::RwLock::new(std::collections::HashMap::new()),
+                registry: std::sync::RwLock::new(std::collections::HashMap::default()),
                 admission: std::sync::atomic::AtomicU8::new(0),
                 command_limit: crate::command::RuntimeLimit::new(command_concurrency),
                 tracker: TaskTracker::new(),
