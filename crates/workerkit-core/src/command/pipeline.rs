@@ -973,6 +973,12 @@ pub(crate) async fn drain_incarnation(
 /// Waits until a worker has no command in flight.
 pub(crate) async fn wait_worker_idle(entry: &WorkerEntry) {
     loop {
+        // Most workers are idle: check before registering for a wake-up (which takes the
+        // `Notify`'s own lock); the check below, after registering, is what no release can slip
+        // past.
+        if entry.commands.lock().total == 0 {
+            return;
+        }
         let released = entry.commands.released.notified();
         tokio::pin!(released);
         released.as_mut().enable();

@@ -94,7 +94,10 @@ impl Inner {
                 // Admission just closed: dispatches waiting for a slot can never be admitted
                 // now; wake them to be rejected at once.
                 for rec in &st.workers {
-                    rec.entry.commands.wake_waiters();
+                    // A worker without commands has no dispatch waiting.
+                    if !rec.entry.commands.by_name.is_empty() {
+                        rec.entry.commands.wake_waiters();
+                    }
                 }
             }
             (result, st.last_seq(), st.version, st.events_pending() > 0)
