@@ -257,6 +257,53 @@ pub fn validate_command_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// A fast, non-cryptographic hasher for the runtime's name lookups (workers by name, commands
+/// by name), which run on every dispatch. SipHash's flooding resistance buys nothing there: the
+/// keys are names the application registered, and a caller-supplied name is only looked up,
+/// never inserted. The multiply-rotate scheme of rustc's `FxHasher`, eight bytes at a time.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct NameHasher(u64);
+
+/// Builds [`NameHasher`]s.
+pub(crate) type NameHash = std::hash::BuildHasherDefault<NameHasher>;
+
+impl NameHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl std::hash::Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

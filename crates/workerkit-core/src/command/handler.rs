@@ -27,19 +27,14 @@ pub trait CommandHandler: Send + Sync + 'static {
 }
 
 pub(crate) trait DynHandler: Send + Sync + 'static {
-    fn call_dyn(
-        self: Arc<Self>,
-        ctx: CommandContext,
-    ) -> BoxFuture<'static, Result<CommandResponse, BoxError>>;
+    fn call_dyn(&self, ctx: CommandContext) -> BoxFuture<'_, Result<CommandResponse, BoxError>>;
 }
 
 impl<H: CommandHandler> DynHandler for H {
-    fn call_dyn(
-        self: Arc<Self>,
-        ctx: CommandContext,
-    ) -> BoxFuture<'static, Result<CommandResponse, BoxError>> {
-        // The future owns the handler's `Arc`, so it may borrow the handler while it runs.
-        Box::pin(async move { self.call(ctx).await })
+    fn call_dyn(&self, ctx: CommandContext) -> BoxFuture<'_, Result<CommandResponse, BoxError>> {
+        // The future borrows the handler: the dispatch that polls it borrows the worker's
+        // command table, which lives as long as the runtime, so no `Arc` is cloned per call.
+        Box::pin(self.call(ctx))
     }
 }
 
@@ -198,7 +193,6 @@ pub(crate) struct DispatchShared {
     pub(crate) id: DispatchId,
     pub(crate) request: CommandRequest,
     pub(crate) worker: Arc<WorkerContext>,
-    pub(crate) command: Arc<str>,
     pub(crate) started: Instant,
     cancel: AtomicU8,
     notify: Notify,
@@ -209,14 +203,12 @@ impl DispatchShared {
         id: DispatchId,
         request: CommandRequest,
         worker: Arc<WorkerContext>,
-        command: Arc<str>,
         started: Instant,
     ) -> Self {
         Self {
             id,
             request,
             worker,
-            command,
             started,
             cancel: AtomicU8::new(0),
             notify: Notify::new(),
@@ -263,7 +255,7 @@ impl fmt::Debug for CommandContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CommandContext")
             .field("id", &self.shared.id)
-            .field("command", &self.shared.command)
+            .field("command", &self.shared.request.name())
             .field("attempt", &self.attempt)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()

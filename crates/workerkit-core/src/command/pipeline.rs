@@ -34,61 +34,28 @@ use crate::time::Timestamp;
 type Payload = Box<dyn Any + Send>;
 
 /// Runs one dispatch.
+///
+/// The synchronous stages (resolve, stamp, observe the start, the first admission check) run in
+/// [`begin`], so that the request and the rejection errors never live in this future's state:
+/// it stays small, and moving it costs little.
 pub(crate) async fn dispatch(
     inner: &Arc<Inner>,
-    mut request: CommandRequest,
+    request: CommandRequest,
 ) -> Result<CommandResult, DispatchError> {
-    let started_at = Timestamp::now();
     let began = Instant::now();
-    request.stamp(started_at);
-
-    // Resolve. Names are validated only on a miss: a hit is valid by construction. Nothing is
-    // observed yet, so caller-supplied strings never become telemetry dimensions.
-    let Some(entry) = inner.find_worker(request.worker()) else {
-        return Err(match validate_worker_name(request.worker()) {
-            Err(error) => DispatchError::InvalidTarget {
-                error,
-                request: Box::new(request),
-            },
-            Ok(()) => DispatchError::WorkerNotFound {
-                worker: request.worker().to_owned(),
-                request: Box::new(request),
-            },
-        });
-    };
-    let Some(command) = entry.commands.by_name.get(request.name()).cloned() else {
-        return Err(match validate_command_name(request.name()) {
-            Err(error) => DispatchError::InvalidCommandName {
-                error,
-                request: Box::new(request),
-            },
-            Ok(()) => DispatchError::CommandNotFound {
-                worker: entry.qualified.to_string(),
-                command: request.name().to_owned(),
-                request: Box::new(request),
-            },
-        });
-    };
-    let id = request
-        .preset_id()
-        .unwrap_or_else(|| DispatchId::at(started_at));
-
-    let observations = if inner.observers.is_empty() {
-        CommandObservations::none()
-    } else {
-        inner.observers.command_start(&CommandStartEvent {
-            runtime: Arc::clone(&inner.name),
-            worker: Arc::clone(&entry.qualified),
-            command: Arc::clone(&command.name),
-            dispatch_id: id,
-            metadata: request.all_metadata().clone(),
-            started_at,
-        })
-    };
+    let Begun {
+        entry,
+        command,
+        id,
+        started_at,
+        observations,
+        first,
+    } = begin(inner, request, began)?;
+    let command = &entry.commands.sorted[command];
     let end = EndInfo {
         inner,
-        worker: Arc::clone(&entry.qualified),
-        command: Arc::clone(&command.name),
+        worker: &entry.qualified,
+        command: &command.name,
         id,
         started_at,
         began,
@@ -99,7 +66,15 @@ pub(crate) async fn dispatch(
         observations: Some(observations),
         end: &end,
     };
-    let admission = match admit(inner, &entry, &command, request, id, began).await {
+    let admitted = match first {
+        First::Admitted(admission) => Ok(admission),
+        First::Rejected(err) => Err(err),
+        // Boxed: the waiting loop's futures would otherwise make every dispatch's future larger.
+        First::Wait(request) => Box::pin(admit(inner, &entry, command, *request, id, began))
+            .await
+            .map_err(Box::new),
+    };
+    let admission = match admitted {
         Ok(admission) => admission,
         Err(err) => {
             let failure = Failure::new(err.code(), rejection_message(&err));
@@ -110,7 +85,7 @@ pub(crate) async fn dispatch(
                 Some(failure),
                 None,
             );
-            return Err(err);
+            return Err(*err);
         }
     };
     let mut guard = InFlight {
@@ -153,12 +128,12 @@ pub(crate) async fn dispatch(
             deadline,
         };
         let observations = guard.observations.as_ref();
-        let outcome = run_attempt(&command, ctx, observations, &inner.observers).await;
+        let outcome = run_attempt(command, ctx, &shared, observations, &inner.observers).await;
         let failed = match outcome {
             Ok(response) => break Ok(response),
             Err(failed) => failed,
         };
-        let (failure, cause, panic) = failed.present(&entry, &command);
+        let (failure, cause, panic) = failed.present(&entry, command);
         record_failure(
             inner,
             &entry,
@@ -195,11 +170,9 @@ pub(crate) async fn dispatch(
         match delay {
             None => break Err((failed, failure, cause)),
             Some(delay) => {
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    reason = shared.cancelled() => {
-                        break Err((Attempt::Cancelled(reason, None), Failure::canceled(), None));
-                    }
+                // Boxed: the sleep would otherwise make every dispatch's future larger.
+                if let Some(reason) = Box::pin(backoff(delay, &shared)).await {
+                    break Err((Attempt::Cancelled(reason, None), Failure::canceled(), None));
                 }
             }
         }
@@ -291,6 +264,107 @@ pub(crate) async fn dispatch(
     }
 }
 
+/// What [`begin`] resolved and decided.
+struct Begun {
+    entry: Arc<WorkerEntry>,
+    /// The command's position in `entry.commands.sorted`.
+    command: usize,
+    id: DispatchId,
+    started_at: Timestamp,
+    observations: CommandObservations,
+    first: First,
+}
+
+/// The first admission check's decision.
+enum First {
+    Admitted(Admission),
+    /// Rejected (the error is boxed: it is rare, and it would make the dispatch future larger).
+    Rejected(Box<DispatchError>),
+    /// Saturated, and the command waits for a slot.
+    Wait(Box<CommandRequest>),
+}
+
+/// The synchronous stages of a dispatch: stamp, resolve, id, observe the start, first admission
+/// check. Errors are the unobserved rejections (bad or unknown target).
+fn begin(
+    inner: &Inner,
+    mut request: CommandRequest,
+    began: Instant,
+) -> Result<Begun, DispatchError> {
+    let started_at = Timestamp::now();
+    request.stamp(started_at);
+
+    // Resolve. Names are validated only on a miss: a hit is valid by construction. Nothing is
+    // observed yet, so caller-supplied strings never become telemetry dimensions.
+    let Some(entry) = inner.find_worker(request.worker()) else {
+        return Err(match validate_worker_name(request.worker()) {
+            Err(error) => DispatchError::InvalidTarget {
+                error,
+                request: Box::new(request),
+            },
+            Ok(()) => DispatchError::WorkerNotFound {
+                worker: request.worker().to_owned(),
+                request: Box::new(request),
+            },
+        });
+    };
+    // Borrowed, not cloned: a clone would be a write to a cache line that every dispatch to this
+    // command shares.
+    let Some(&position) = entry.commands.by_name.get(request.name()) else {
+        return Err(match validate_command_name(request.name()) {
+            Err(error) => DispatchError::InvalidCommandName {
+                error,
+                request: Box::new(request),
+            },
+            Ok(()) => DispatchError::CommandNotFound {
+                worker: entry.qualified.to_string(),
+                command: request.name().to_owned(),
+                request: Box::new(request),
+            },
+        });
+    };
+    let command = &entry.commands.sorted[position];
+    let id = request
+        .preset_id()
+        .unwrap_or_else(|| DispatchId::at(started_at));
+
+    let observations = if inner.observers.is_empty() {
+        CommandObservations::none()
+    } else {
+        inner.observers.command_start(&CommandStartEvent {
+            runtime: Arc::clone(&inner.name),
+            worker: Arc::clone(&entry.qualified),
+            command: Arc::clone(&command.name),
+            dispatch_id: id,
+            metadata: request.all_metadata().clone(),
+            started_at,
+        })
+    };
+
+    let mut request = Some(request);
+    let first = match check(inner, &entry, command, &mut request, id, began, false, None) {
+        Step::Admitted(admission) => First::Admitted(admission),
+        Step::Rejected(err) => First::Rejected(Box::new(err)),
+        Step::Saturated { scope, limit } if command.admission == AdmissionMode::FailFast => {
+            First::Rejected(Box::new(DispatchError::Saturated {
+                scope,
+                limit,
+                retry_after: command.retry_after(),
+                request: take(&mut request),
+            }))
+        }
+        Step::Saturated { .. } => First::Wait(take(&mut request)),
+    };
+    Ok(Begun {
+        entry,
+        command: position,
+        id,
+        started_at,
+        observations,
+        first,
+    })
+}
+
 fn rejection_message(err: &DispatchError) -> &'static str {
     match err {
         DispatchError::RuntimeNotAccepting { .. } => "runtime not accepting work",
@@ -304,8 +378,8 @@ fn rejection_message(err: &DispatchError) -> &'static str {
 /// What is needed to end the observation of a dispatch.
 struct EndInfo<'a> {
     inner: &'a Inner,
-    worker: Arc<str>,
-    command: Arc<str>,
+    worker: &'a Arc<str>,
+    command: &'a Arc<str>,
     id: DispatchId,
     started_at: Timestamp,
     began: Instant,
@@ -325,8 +399,8 @@ impl EndInfo<'_> {
         }
         let event = CommandEndEvent {
             runtime: Arc::clone(&self.inner.name),
-            worker: Arc::clone(&self.worker),
-            command: Arc::clone(&self.command),
+            worker: Arc::clone(self.worker),
+            command: Arc::clone(self.command),
             dispatch_id: self.id,
             attempts,
             outcome,
@@ -455,8 +529,127 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Admission: runtime, worker, then limits (runtime, worker, command), atomically under the
-/// worker's dispatch mutex; waits for capacity in `AdmissionMode::Wait`.
+/// Takes the request back out for a rejection (it is only taken on the way out).
+fn take(request: &mut Option<CommandRequest>) -> Box<CommandRequest> {
+    Box::new(
+        request
+            .take()
+            .unwrap_or_else(|| CommandRequest::new("", "")),
+    )
+}
+
+/// The outcome of one admission check.
+enum Step {
+    Admitted(Admission),
+    Rejected(DispatchError),
+    /// A limit is full (the request stays with the caller).
+    Saturated {
+        scope: LimitScope,
+        limit: usize,
+    },
+}
+
+/// One admission check: runtime, worker, then limits (runtime, worker, command), atomically
+/// under the worker's dispatch mutex. With `register` (the caller's "counted as waiting" flag), a
+/// saturated check also counts the caller as waiting for a slot, in the same critical section,
+/// so no release between the check and the wait misses it. `waited`: whether the caller waited.
+#[allow(clippy::too_many_arguments)] // Internal; the pieces of one dispatch.
+fn check(
+    inner: &Inner,
+    entry: &WorkerEntry,
+    command: &CommandEntry,
+    request: &mut Option<CommandRequest>,
+    id: DispatchId,
+    began: Instant,
+    waited: bool,
+    register: Option<&mut bool>,
+) -> Step {
+    let mut st = entry.commands.lock();
+    let (open, state) = inner.admission();
+    if !open {
+        return Step::Rejected(DispatchError::RuntimeNotAccepting {
+            runtime: inner.name.to_string(),
+            state,
+            request: take(request),
+        });
+    }
+    if st.lifecycle != LifecycleState::Running {
+        return Step::Rejected(DispatchError::InvalidWorkerState {
+            worker: entry.qualified.to_string(),
+            state: st.lifecycle,
+            request: take(request),
+        });
+    }
+    if !st.accepting {
+        return Step::Rejected(DispatchError::WorkerNotAccepting {
+            worker: entry.qualified.to_string(),
+            request: take(request),
+        });
+    }
+    // Limits are reported in Go's order (runtime, worker, command), but the runtime slot is only
+    // taken once the worker's and the command's limits have room: taking and giving one back
+    // would wake the runtime's waiters (this one included) for nothing.
+    let runtime_limit = (LimitScope::Runtime, inner.command_limit.max());
+    let local = if inner.command_limit.is_full() {
+        Some(runtime_limit)
+    } else if entry
+        .commands
+        .concurrency
+        .is_some_and(|max| st.current >= max)
+    {
+        Some((LimitScope::Worker, entry.commands.concurrency.unwrap_or(0)))
+    } else if command
+        .concurrency
+        .is_some_and(|max| st.per_command[command.index] >= max)
+    {
+        Some((LimitScope::Command, command.concurrency.unwrap_or(0)))
+    } else {
+        None
+    };
+    let runtime_slot = local.is_none() && inner.command_limit.try_acquire();
+    let scope = local
+        .or_else(|| (!runtime_slot && inner.command_limit.is_bounded()).then_some(runtime_limit));
+    if let Some((scope, limit)) = scope {
+        if runtime_slot {
+            inner.command_limit.release();
+        }
+        if let Some(active) = register.filter(|active| !**active) {
+            st.waiting += 1;
+            *active = true;
+        }
+        return Step::Saturated { scope, limit };
+    }
+    let (Some(ctx), Some(req)) = (st.ctx.clone(), request.take()) else {
+        // Running without a context cannot happen: the context is stored before the worker
+        // becomes running. Treat it as not running.
+        if runtime_slot {
+            inner.command_limit.release();
+        }
+        return Step::Rejected(DispatchError::InvalidWorkerState {
+            worker: entry.qualified.to_string(),
+            state: st.lifecycle,
+            request: take(request),
+        });
+    };
+    let shared = Arc::new(DispatchShared::new(id, req, ctx, began));
+    let incarnation = st.incarnation;
+    let slot = st.insert(InFlightSlot {
+        shared: Arc::clone(&shared),
+        incarnation,
+        command: command.index,
+    });
+    Step::Admitted(Admission {
+        waited,
+        shared,
+        slot,
+        runtime_slot,
+        incarnation,
+    })
+}
+
+/// Admission for a command that waits for a slot (`AdmissionMode::Wait`) and found none at
+/// once: checks again whenever a slot is released (or the worker's lifecycle or the runtime's
+/// admission changes), until admitted, rejected, or the wait expires.
 async fn admit(
     inner: &Inner,
     entry: &WorkerEntry,
@@ -486,142 +679,42 @@ async fn admit(
             worker_released.as_mut().enable();
             runtime_released.as_mut().enable();
         }
-        let saturated = {
-            let mut st = entry.commands.lock();
-            let take = |request: &mut Option<CommandRequest>| {
-                Box::new(
-                    request
-                        .take()
-                        .unwrap_or_else(|| CommandRequest::new("", "")),
-                )
-            };
-            let (open, state) = inner.admission();
-            if !open {
-                drop(st);
+        let register = armed.then_some(&mut waiting.active);
+        let step = check(
+            inner,
+            entry,
+            command,
+            &mut request,
+            id,
+            began,
+            armed,
+            register,
+        );
+        let (scope, limit) = match step {
+            Step::Admitted(admission) => {
                 waiting.stop();
-                return Err(DispatchError::RuntimeNotAccepting {
-                    runtime: inner.name.to_string(),
-                    state,
-                    request: take(&mut request),
-                });
+                return Ok(admission);
             }
-            if st.lifecycle != LifecycleState::Running {
-                let state = st.lifecycle;
-                drop(st);
+            Step::Rejected(err) => {
                 waiting.stop();
-                return Err(DispatchError::InvalidWorkerState {
-                    worker: entry.qualified.to_string(),
-                    state,
-                    request: take(&mut request),
-                });
+                return Err(err);
             }
-            if !st.accepting {
-                drop(st);
-                waiting.stop();
-                return Err(DispatchError::WorkerNotAccepting {
-                    worker: entry.qualified.to_string(),
-                    request: take(&mut request),
-                });
-            }
-            // Limits are reported in Go's order (runtime, worker, command), but the runtime slot
-            // is only taken once the worker's and the command's limits have room: taking and
-            // giving one back would wake the runtime's waiters (this one included) for nothing.
-            let runtime_limit = (LimitScope::Runtime, inner.command_limit.max());
-            let local = if inner.command_limit.is_full() {
-                Some(runtime_limit)
-            } else if entry
-                .commands
-                .concurrency
-                .is_some_and(|max| st.current >= max)
-            {
-                Some((LimitScope::Worker, entry.commands.concurrency.unwrap_or(0)))
-            } else if command
-                .concurrency
-                .is_some_and(|max| st.per_command[command.index] >= max)
-            {
-                Some((LimitScope::Command, command.concurrency.unwrap_or(0)))
-            } else {
-                None
-            };
-            let runtime_slot = local.is_none() && inner.command_limit.try_acquire();
-            let scope = local.or_else(|| {
-                (!runtime_slot && inner.command_limit.is_bounded()).then_some(runtime_limit)
-            });
-            match (scope, st.ctx.clone()) {
-                (None, Some(ctx)) => {
-                    let Some(req) = request.take() else {
-                        // Unreachable: the request is only taken on the way out.
-                        if runtime_slot {
-                            inner.command_limit.release();
-                        }
-                        continue;
-                    };
-                    let shared = Arc::new(DispatchShared::new(
-                        id,
-                        req,
-                        ctx,
-                        Arc::clone(&command.name),
-                        began,
-                    ));
-                    let incarnation = st.incarnation;
-                    let slot = st.insert(InFlightSlot {
-                        shared: Arc::clone(&shared),
-                        incarnation,
-                        command: command.index,
-                    });
-                    drop(st);
-                    waiting.stop();
-                    return Ok(Admission {
-                        waited: armed,
-                        shared,
-                        slot,
-                        runtime_slot,
-                        incarnation,
-                    });
-                }
-                (None, None) => {
-                    // Running without a context cannot happen: the context is stored before
-                    // the worker becomes running. Treat it as not running.
-                    if runtime_slot {
-                        inner.command_limit.release();
-                    }
-                    let state = st.lifecycle;
-                    drop(st);
-                    waiting.stop();
-                    return Err(DispatchError::InvalidWorkerState {
-                        worker: entry.qualified.to_string(),
-                        state,
-                        request: take(&mut request),
-                    });
-                }
-                (Some(saturated), _) => {
-                    if runtime_slot {
-                        inner.command_limit.release();
-                    }
-                    let expired = wait_until.is_none_or(|until| Instant::now() >= until);
-                    if !expired && !armed {
-                        armed = true;
-                        continue;
-                    }
-                    if expired {
-                        drop(st);
-                        waiting.stop();
-                        return Err(DispatchError::Saturated {
-                            scope: saturated.0,
-                            limit: saturated.1,
-                            retry_after: command.retry_after(),
-                            request: take(&mut request),
-                        });
-                    }
-                    if !waiting.active {
-                        st.waiting += 1;
-                        waiting.active = true;
-                    }
-                    saturated
-                }
-            }
+            Step::Saturated { scope, limit } => (scope, limit),
         };
-        let _ = saturated;
+        let expired = wait_until.is_none_or(|until| Instant::now() >= until);
+        if expired {
+            waiting.stop();
+            return Err(DispatchError::Saturated {
+                scope,
+                limit,
+                retry_after: command.retry_after(),
+                request: take(&mut request),
+            });
+        }
+        if !armed {
+            armed = true;
+            continue;
+        }
         let until = wait_until.unwrap_or_else(Instant::now);
         tokio::select! {
             () = worker_released => {}
@@ -704,32 +797,27 @@ fn record_failure(
 async fn run_attempt(
     command: &CommandEntry,
     ctx: CommandContext,
+    shared: &DispatchShared,
     observations: Option<&CommandObservations>,
     observers: &Observers,
 ) -> Result<CommandResponse, Attempt> {
-    let shared = Arc::clone(&ctx.shared);
     let deadline = ctx.deadline;
     let mut scoped = Scoped {
-        future: Arc::clone(&command.handler).call_dyn(ctx),
+        future: command.handler.call_dyn(ctx),
         observations,
         observers,
     };
     let result = match command.timeout_mode {
         TimeoutMode::Cooperative => (&mut scoped).await,
+        // Boxed: its timers would otherwise make every dispatch's future larger.
         TimeoutMode::Hard { grace } => {
-            tokio::select! {
-                biased;
-                result = &mut scoped => result,
-                () = signal(deadline, &shared) => {
-                    match tokio::time::timeout(grace, &mut scoped).await {
-                        Ok(result) => result,
-                        Err(_) => {
-                            return Err(match shared.cancel_reason() {
-                                Some(reason) => Attempt::Cancelled(reason, None),
-                                None => Attempt::TimedOut(None),
-                            });
-                        }
-                    }
+            match Box::pin(hard_timeout(&mut scoped, deadline, shared, grace)).await {
+                Some(result) => result,
+                None => {
+                    return Err(match shared.cancel_reason() {
+                        Some(reason) => Attempt::Cancelled(reason, None),
+                        None => Attempt::TimedOut(None),
+                    });
                 }
             }
         }
@@ -750,6 +838,29 @@ async fn run_attempt(
     }
 }
 
+/// The hard timeout mode: at the deadline (or the dispatch's cancellation) the handler gets
+/// `grace` more, then is dropped (`None`).
+async fn hard_timeout(
+    scoped: &mut Scoped<'_>,
+    deadline: Option<Instant>,
+    shared: &DispatchShared,
+    grace: Duration,
+) -> Option<<Scoped<'static> as Future>::Output> {
+    tokio::select! {
+        biased;
+        result = &mut *scoped => Some(result),
+        () = signal(deadline, shared) => tokio::time::timeout(grace, scoped).await.ok(),
+    }
+}
+
+/// Sleeps `delay` before a retry; the dispatch's cancellation ends it early (its reason).
+async fn backoff(delay: Duration, shared: &DispatchShared) -> Option<CancelReason> {
+    tokio::select! {
+        () = tokio::time::sleep(delay) => None,
+        reason = shared.cancelled() => Some(reason),
+    }
+}
+
 /// Completes at the attempt's deadline or when the dispatch is cancelled.
 async fn signal(deadline: Option<Instant>, shared: &DispatchShared) {
     match deadline {
@@ -767,7 +878,7 @@ async fn signal(deadline: Option<Instant>, shared: &DispatchShared) {
 
 /// Polls the handler's future inside the observations' scope and under panic capture.
 struct Scoped<'a> {
-    future: Pin<Box<dyn Future<Output = Result<CommandResponse, BoxError>> + Send>>,
+    future: Pin<Box<dyn Future<Output = Result<CommandResponse, BoxError>> + Send + 'a>>,
     observations: Option<&'a CommandObservations>,
     /// Where panics of observation scopes are counted.
     observers: &'a Observers,
@@ -862,6 +973,12 @@ pub(crate) async fn drain_incarnation(
 /// Waits until a worker has no command in flight.
 pub(crate) async fn wait_worker_idle(entry: &WorkerEntry) {
     loop {
+        // Most workers are idle: check before registering for a wake-up (which takes the
+        // `Notify`'s own lock); the check below, after registering, is what no release can slip
+        // past.
+        if entry.commands.lock().total == 0 {
+            return;
+        }
         let released = entry.commands.released.notified();
         tokio::pin!(released);
         released.as_mut().enable();
@@ -905,10 +1022,14 @@ pub(crate) fn in_flight(inner: &Inner) -> Vec<super::InFlightCommand> {
     let mut list = Vec::new();
     for entry in inner.all_workers() {
         let st = entry.commands.lock();
+        let commands = &entry.commands.sorted;
         list.extend(st.in_flight().map(|s| super::InFlightCommand {
             id: s.shared.id,
             worker: Arc::clone(&entry.qualified),
-            command: Arc::clone(&s.shared.command),
+            command: commands.iter().find(|c| c.index == s.command).map_or_else(
+                || Arc::from(s.shared.request.name()),
+                |c| Arc::clone(&c.name),
+            ),
             incarnation: s.incarnation,
             age: now.saturating_duration_since(s.shared.started),
             cancelled: s.shared.cancel_reason().is_some(),

@@ -142,7 +142,8 @@ impl DispatchState {
 
 /// A worker's commands and dispatch state.
 pub(crate) struct WorkerCommands {
-    pub(crate) by_name: HashMap<Arc<str>, Arc<CommandEntry>>,
+    /// Positions in `sorted`, by name.
+    pub(crate) by_name: HashMap<Arc<str>, usize, crate::name::NameHash>,
     /// Sorted by name, for discovery.
     pub(crate) sorted: Vec<Arc<CommandEntry>>,
     /// The worker-wide concurrency cap.
@@ -164,7 +165,8 @@ impl WorkerCommands {
         sorted.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         let by_name = sorted
             .iter()
-            .map(|c| (Arc::clone(&c.name), Arc::clone(c)))
+            .enumerate()
+            .map(|(position, c)| (Arc::clone(&c.name), position))
             .collect();
         let count = sorted.iter().map(|c| c.index + 1).max().unwrap_or(0);
         Self {

@@ -55,7 +55,9 @@ pub(crate) struct Inner {
     /// The sequence number of the last event delivered to observers.
     delivered: watch::Sender<u64>,
     /// Workers by local name, readable without the state lock (for dispatch).
-    registry: std::sync::RwLock<std::collections::HashMap<Arc<str>, Arc<WorkerEntry>>>,
+    registry: std::sync::RwLock<
+        std::collections::HashMap<Arc<str>, Arc<WorkerEntry>, crate::name::NameHash>,
+    >,
     /// Command admission, mirrored from the state at every commit: bit 7 set = open, low bits =
     /// the aggregate state's index.
     admission: std::sync::atomic::AtomicU8,
@@ -94,7 +96,10 @@ impl Inner {
                 // Admission just closed: dispatches waiting for a slot can never be admitted
                 // now; wake them to be rejected at once.
                 for rec in &st.workers {
-                    rec.entry.commands.wake_waiters();
+                    // A worker without commands has no dispatch waiting.
+                    if !rec.entry.commands.by_name.is_empty() {
+                        rec.entry.commands.wake_waiters();
+                    }
                 }
             }
             (result, st.last_seq(), st.version, st.events_pending() > 0)
@@ -323,7 +328,7 @@ impl Runtime {
                 observers: Observers::new(observers),
                 changes: watch::Sender::new(0),
                 delivered: watch::Sender::new(0),
-                registry: std::sync::RwLock::new(std::collections::HashMap::new()),
+                registry: std::sync::RwLock::new(std::collections::HashMap::default()),
                 admission: std::sync::atomic::AtomicU8::new(0),
                 command_limit: crate::command::RuntimeLimit::new(command_concurrency),
                 tracker: TaskTracker::new(),

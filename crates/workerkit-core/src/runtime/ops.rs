@@ -164,7 +164,7 @@ pub(super) async fn single(
     let (result, payload) = match operation {
         Operation::Start => start(inner, idx, &mut timer).await,
         Operation::Stop => stop(inner, idx, None, &mut timer).await,
-        _ => (drain(inner, idx).map(|_| ()), None),
+        _ => (drain(inner, idx), None),
     };
     let result = result.map(|()| inner.lock().workers[idx].status());
     let phase = match &result {
@@ -378,19 +378,19 @@ pub(super) async fn start(
 }
 
 /// Drains one worker (gate held). Never calls worker code.
-pub(super) fn drain(inner: &Arc<Inner>, idx: usize) -> Result<WorkerStatus, LifecycleError> {
+pub(super) fn drain(inner: &Arc<Inner>, idx: usize) -> Result<(), LifecycleError> {
     inner
         .mutate(|st, now| match st.workers[idx].lifecycle {
             LifecycleState::Running => {
                 st.transition(idx, LifecycleState::Draining, now);
                 st.set_ready(idx, false, now);
                 st.modify(idx, |rec| rec.accepting = false);
-                Ok(st.workers[idx].status())
+                Ok(())
             }
             LifecycleState::Draining => {
                 st.set_ready(idx, false, now);
                 st.modify(idx, |rec| rec.accepting = false);
-                Ok(st.workers[idx].status())
+                Ok(())
             }
             _ => Err(invalid_state(inner, idx, st, Operation::Drain)),
         })

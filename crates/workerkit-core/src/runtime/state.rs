@@ -335,6 +335,11 @@ impl State {
             rec.lifecycle = to;
             rec.last_transition = Some(Transition { from, to, at: now });
         });
+        if !self.observed {
+            // Nobody to deliver to: keep the numbering, build nothing.
+            self.next_seq += 1;
+            return;
+        }
         let runtime = Arc::clone(&self.runtime);
         let rec = &self.workers[idx];
         let worker = Some(Arc::clone(&rec.entry.qualified));
@@ -358,6 +363,10 @@ impl State {
             return;
         }
         self.modify(idx, |rec| rec.ready = ready);
+        if !self.observed {
+            self.next_seq += 1;
+            return;
+        }
         let runtime = Arc::clone(&self.runtime);
         let worker = Some(Arc::clone(&self.workers[idx].entry.qualified));
         self.push(|seq| {

@@ -227,6 +227,25 @@ async fn run_loop(
         lock(&cleanup).done = true;
         return;
     };
+    // Boxed: the cleanup's timer would otherwise make every loop task larger, idle or not.
+    Box::pin(clean_up_after_failure(
+        hook,
+        cleanup,
+        cleanup_timeout,
+        ctx,
+        inner,
+    ))
+    .await;
+}
+
+/// The automatic cleanup after a failed loop, bounded by the cleanup timeout.
+async fn clean_up_after_failure(
+    hook: LoopFn,
+    cleanup: Arc<Mutex<Cleanup>>,
+    cleanup_timeout: Duration,
+    ctx: WorkerContext,
+    inner: Arc<crate::runtime::Inner>,
+) {
     let outcome = tokio::time::timeout(cleanup_timeout, CatchUnwind::new(hook(ctx.clone()))).await;
     let failing = match outcome {
         Ok(Ok(Ok(()))) => {
