@@ -352,7 +352,10 @@ fn main() {
         .build()
         .expect("client runtime");
     let mut group = criterion.benchmark_group("opshttp_round_trip");
-    for (name, path) in [("plain_axum", "/plain"), ("dispatch", "/admin/commands/dispatch")] {
+    for (name, path) in [
+        ("plain_axum", "/plain"),
+        ("dispatch", "/admin/commands/dispatch"),
+    ] {
         let mut connection = client.block_on(Connection::open(addr, path));
         group.bench_function(name, |b| {
             b.iter(|| client.block_on(connection.round_trip()));

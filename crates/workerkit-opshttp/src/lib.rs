@@ -356,7 +356,7 @@ where
                 REQUEST_ID.clone(),
                 request_id::MakeId,
             ))
-            .layer(axum::middleware::map_request(request_id::drop_invalid))
+            .layer(request_id::ValidateRequestIdLayer)
             .with_state(shared)
     }
 }

@@ -4,8 +4,10 @@
 //!
 //! Built on tower-http's request-id layers, with the validation rule in front of them.
 
-use axum::extract::Request;
+use std::task::{Context, Poll};
+
 use http::{HeaderName, HeaderValue};
+use tower::{Layer, Service};
 use tower_http::request_id::{MakeRequestId, RequestId as TowerRequestId};
 
 /// The header name, `x-request-id`.
@@ -18,7 +20,7 @@ pub fn is_valid_request_id(value: &[u8]) -> bool {
 }
 
 /// Removes an inbound `X-Request-ID` that breaks the rule, so the next layer generates one.
-pub(crate) async fn drop_invalid(mut request: Request) -> Request {
+fn drop_invalid<B>(request: &mut http::Request<B>) {
     let headers = request.headers_mut();
     let invalid = {
         let mut values = headers.get_all(&REQUEST_ID).iter();
@@ -32,15 +34,55 @@ pub(crate) async fn drop_invalid(mut request: Request) -> Request {
     if invalid {
         headers.remove(&REQUEST_ID);
     }
-    request
 }
 
-/// 32 lowercase hex characters: a UUIDv7-like value (time-ordered, unique within the process).
+/// The layer applying [`drop_invalid`] (no boxing: it answers with the inner future).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ValidateRequestIdLayer;
+
+impl<S> Layer<S> for ValidateRequestIdLayer {
+    type Service = ValidateRequestId<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ValidateRequestId { inner }
+    }
+}
+
+/// The service of [`ValidateRequestIdLayer`].
+#[derive(Clone, Debug)]
+pub(crate) struct ValidateRequestId<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for ValidateRequestId<S>
+where
+    S: Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        drop_invalid(&mut request);
+        self.inner.call(request)
+    }
+}
+
+/// 32 lowercase hex characters: a UUIDv7 value (time-ordered, unique within the process).
 pub(crate) fn fresh_request_id() -> HeaderValue {
-    let id = workerkit_core::command::DispatchId::new()
-        .to_string()
-        .replace('-', "");
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut value = workerkit_core::command::DispatchId::new().as_u128();
+    let mut out = [0u8; 32];
+    for byte in out.iter_mut().rev() {
+        *byte = HEX[(value & 0xF) as usize];
+        value >>= 4;
+    }
+    // Hex digits are valid header bytes.
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 /// tower-http's id maker, generating [`fresh_request_id`]s.
