@@ -232,3 +232,44 @@ async fn read_layers_apply_to_read_routes() {
     let reply = get_uri(&app, "/admin/workers").await;
     assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
 }
+
+#[tokio::test]
+async fn each_group_gets_only_its_own_layers() {
+    use axum::middleware::map_response;
+    fn tag(
+        name: &'static str,
+    ) -> impl Fn(axum::response::Response) -> std::future::Ready<axum::response::Response> + Clone
+    {
+        move |mut response: axum::response::Response| {
+            response
+                .headers_mut()
+                .insert("x-group", http::HeaderValue::from_static(name));
+            std::future::ready(response)
+        }
+    }
+    let rt = runtime(&Gates::default());
+    rt.start_all().await.unwrap();
+    let app = OpsHttp::new(rt)
+        .enable_dispatch()
+        .enable_lifecycle()
+        .read_layer(map_response(tag("read")))
+        .dispatch_layer(map_response(tag("dispatch")))
+        .lifecycle_layer(map_response(tag("lifecycle")))
+        .router();
+    let read = get_uri(&app, "/admin/workers/start").await;
+    assert_eq!(read.header("x-group"), Some("read"));
+    let dispatch = post(
+        &app,
+        "/admin/commands/dispatch",
+        r#"{"worker":"echo","name":"echo"}"#,
+    )
+    .await;
+    assert_eq!(dispatch.header("x-group"), Some("dispatch"));
+    let lifecycle = post(&app, "/admin/workers/drain", r#"{"name":"start"}"#).await;
+    assert_eq!(lifecycle.status, StatusCode::OK, "{}", lifecycle.raw);
+    assert_eq!(lifecycle.header("x-group"), Some("lifecycle"));
+    // Every route still echoes the request id.
+    for reply in [&read, &dispatch, &lifecycle] {
+        assert!(reply.header("x-request-id").is_some());
+    }
+}

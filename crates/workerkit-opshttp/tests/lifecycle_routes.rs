@@ -269,3 +269,60 @@ async fn wrong_method_on_a_known_path_is_a_json_405_with_allow() {
     assert_error(&reply, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     assert!(reply.header("allow").unwrap().contains("GET"));
 }
+
+#[tokio::test]
+async fn runtime_stop_with_a_command_in_flight_then_dispatch_503_then_start_again() {
+    // Go's flow: stop answers at once (no wait for the command), new dispatches get 503, a
+    // start brings dispatch back.
+    let gates = Gates::default();
+    let rt = runtime(&gates);
+    let app = OpsHttp::new(rt.clone())
+        .enable_dispatch()
+        .enable_lifecycle()
+        .router();
+    assert_eq!(
+        post(&app, "/admin/runtime/start", "").await.status,
+        StatusCode::OK
+    );
+    let entered = gates.entered.notified();
+    let held = tokio::spawn({
+        let app = app.clone();
+        async move { support::dispatch(&app, "echo", "hold").await }
+    });
+    entered.await;
+
+    let reply = post(&app, "/admin/runtime/stop", "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    assert_eq!(reply.body["data"]["status"]["state"], "stopped");
+    assert_eq!(reply.body["data"]["status"]["inFlight"], 1, "{}", reply.raw);
+
+    let reply = support::dispatch(&app, "echo", "echo").await;
+    assert_error(
+        &reply,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "runtime_not_accepting_work",
+    );
+
+    assert_eq!(
+        post(&app, "/admin/runtime/start", "").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        support::dispatch(&app, "echo", "echo").await.status,
+        StatusCode::OK
+    );
+    gates.release.notify_one();
+    assert_eq!(held.await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn starting_a_running_worker_is_a_conflict() {
+    let rt = runtime(&Gates::default());
+    let app = app(&rt);
+    assert_eq!(
+        worker_op(&app, "start", "echo").await.status,
+        StatusCode::OK
+    );
+    let reply = worker_op(&app, "start", "echo").await;
+    assert_error(&reply, StatusCode::CONFLICT, "invalid_worker_state");
+}
