@@ -210,9 +210,9 @@ impl Runtime {
     /// its in-flight commands, then stop it — also when the wait ran out, so the worker is
     /// stopped either way (its remaining commands then end as the worker's stop dictates).
     ///
-    /// A worker that is not running is just stopped (which is idempotent for a stopped
-    /// worker). The three steps are separate lifecycle operations: another operation may run
-    /// between them.
+    /// A worker that is not running is just stopped, with [`stop`](Self::stop)'s rules (a
+    /// worker already stopped is an invalid state, as for `stop`). The three steps are separate
+    /// lifecycle operations: another operation may run between them.
     ///
     /// # Errors
     ///
