@@ -1,5 +1,6 @@
 //! The control-plane traits and the two operations added for control surfaces:
 //! `shutdown_worker` and `force_shutdown`.
+#![allow(clippy::disallowed_methods)] // The callers here are tasks of their own, as a control surface's are.
 
 use std::sync::Arc;
 use std::time::Duration;
