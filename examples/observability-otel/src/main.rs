@@ -186,7 +186,7 @@ fn print_recorded(memory: &Memory) -> Result<(), Box<dyn Error>> {
     metrics.dedup();
     println!("metrics ({}):", metrics.len());
     for (name, unit) in metrics {
-        println!("  {name:<36} unit {:?}", unit);
+        println!("  {name:<36} unit {unit:?}");
     }
     Ok(())
 }
