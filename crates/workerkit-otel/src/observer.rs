@@ -23,7 +23,7 @@ use workerkit_core::observe::{
 };
 use workerkit_core::{LifecycleState, Observer};
 
-use crate::metrics::Instruments;
+use crate::metrics::{InFlight, InFlightCount, Instruments};
 use crate::semconv;
 
 /// Turns a workerkit runtime's events into OpenTelemetry traces and metrics.
@@ -66,6 +66,8 @@ impl std::fmt::Debug for OtelObserver {
 struct Inner {
     tracer: SdkTracer,
     instruments: Instruments,
+    /// The in-flight counters, per command.
+    in_flight: Arc<InFlight>,
     propagator: TraceContextPropagator,
     /// The contexts of the commands in flight, so that their failures' spans become children.
     commands: CommandContexts,
@@ -136,10 +138,12 @@ impl OtelObserver {
             .build();
         let tracer = providers.tracer.tracer_with_scope(scope.clone());
         let meter = providers.meter.meter_with_scope(scope);
+        let in_flight = Arc::new(InFlight::default());
         Self {
             inner: Arc::new(Inner {
                 tracer,
-                instruments: Instruments::new(&meter),
+                instruments: Instruments::new(&meter, &in_flight),
+                in_flight,
                 propagator: TraceContextPropagator::new(),
                 commands: CommandContexts::new(),
                 operations: Mutex::new(Vec::new()),
@@ -199,6 +203,14 @@ fn base(runtime: &Arc<str>, worker: Option<&Arc<str>>, extra: usize) -> Vec<KeyV
 
 fn state_str(state: LifecycleState) -> &'static str {
     state.as_str()
+}
+
+/// A dispatch id as an attribute value (formatted into a string of its final size).
+fn id_value(id: DispatchId) -> Value {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(36);
+    let _ = write!(text, "{id}");
+    Value::String(StringValue::from(text))
 }
 
 fn failure_code(failure: &workerkit_core::failure::Failure) -> Value {
@@ -317,7 +329,7 @@ impl Observer for OtelObserver {
             .or_else(|| inner.operation(&event.runtime));
         let mut span_attrs = attrs;
         if let Some(id) = event.dispatch_id {
-            span_attrs.push(kv(semconv::COMMAND_DISPATCH_ID, id.to_string()));
+            span_attrs.push(kv(semconv::COMMAND_DISPATCH_ID, id_value(id)));
         }
         if event.attempt > 0 {
             span_attrs.push(kv(semconv::COMMAND_ATTEMPT, i64::from(event.attempt)));
@@ -439,14 +451,15 @@ impl Observer for OtelObserver {
 
     fn on_command_start(&self, event: &CommandStartEvent) -> Option<Box<dyn CommandObservation>> {
         let inner = &self.inner;
-        let mut attrs = Vec::with_capacity(4);
-        attrs.push(kv(semconv::RUNTIME, string(&event.runtime)));
-        attrs.push(kv(semconv::WORKER, string(&event.worker)));
-        attrs.push(kv(semconv::COMMAND, string(&event.command)));
-        let metric_base: [KeyValue; 3] = [attrs[0].clone(), attrs[1].clone(), attrs[2].clone()];
+        let in_flight = inner
+            .in_flight
+            .count(&event.runtime, &event.worker, &event.command);
+        // Room for the attributes added at the end, so the span's list is never reallocated.
+        let mut attrs = Vec::with_capacity(8);
+        attrs.extend_from_slice(&in_flight.attrs);
         attrs.push(kv(
             semconv::COMMAND_DISPATCH_ID,
-            event.dispatch_id.to_string(),
+            id_value(event.dispatch_id),
         ));
         let parent = inner.command_parent(&event.metadata);
         let span = inner.tracer.build_with_context(
@@ -463,7 +476,7 @@ impl Observer for OtelObserver {
             cx,
             id: event.dispatch_id,
             running: AtomicBool::new(false),
-            base: metric_base,
+            in_flight,
         }))
     }
 
@@ -479,8 +492,8 @@ struct CommandSpan {
     id: DispatchId,
     /// Whether the handler has been polled (then the dispatch counts as in flight).
     running: AtomicBool,
-    /// `workerkit.runtime`, `workerkit.worker`, `workerkit.command`.
-    base: [KeyValue; 3],
+    /// The command's in-flight counter and base attributes.
+    in_flight: Arc<InFlightCount>,
 }
 
 impl CommandObservation for CommandSpan {
@@ -488,7 +501,7 @@ impl CommandObservation for CommandSpan {
         // The handler is polled only once the dispatch is admitted: its first poll makes it
         // in flight.
         if !self.running.load(Ordering::Relaxed) && !self.running.swap(true, Ordering::Relaxed) {
-            self.inner.instruments.command_in_flight.add(1, &self.base);
+            self.in_flight.count.fetch_add(1, Ordering::Relaxed);
         }
         let _guard = self.cx.clone().attach();
         poll();
@@ -499,37 +512,62 @@ impl CommandObservation for CommandSpan {
         inner.commands.remove(self.id, &self.cx);
         let instruments = &inner.instruments;
         if self.running.load(Ordering::Relaxed) {
-            instruments.command_in_flight.add(-1, &self.base);
+            self.in_flight.count.fetch_sub(1, Ordering::Relaxed);
         }
         let success = event.outcome == CommandOutcome::Succeeded;
-        let mut attrs = Vec::with_capacity(8);
-        attrs.extend_from_slice(&self.base);
-        attrs.push(kv(semconv::COMMAND_SUCCESS, success));
-        if let Some(failure) = &event.failure {
-            attrs.push(kv(semconv::FAILURE_CODE, failure_code(failure)));
-        }
-        instruments.command_dispatches.add(1, &attrs);
+        // The metric attributes on the stack: base, success, and the failure code if any.
+        let [runtime, worker, command] = &self.in_flight.attrs;
+        let code = event
+            .failure
+            .as_ref()
+            .map(|failure| kv(semconv::FAILURE_CODE, failure_code(failure)));
+        let with_code;
+        let without_code;
+        let attrs: &[KeyValue] = match &code {
+            Some(code) => {
+                with_code = [
+                    runtime.clone(),
+                    worker.clone(),
+                    command.clone(),
+                    kv(semconv::COMMAND_SUCCESS, success),
+                    code.clone(),
+                ];
+                &with_code
+            }
+            None => {
+                without_code = [
+                    runtime.clone(),
+                    worker.clone(),
+                    command.clone(),
+                    kv(semconv::COMMAND_SUCCESS, success),
+                ];
+                &without_code
+            }
+        };
+        instruments.command_dispatches.add(1, attrs);
         instruments
             .command_duration
-            .record(event.duration.as_secs_f64(), &attrs);
+            .record(event.duration.as_secs_f64(), attrs);
         if event.attempts > 0 {
             instruments
                 .command_handler_attempts
-                .add(u64::from(event.attempts), &attrs);
+                .add(u64::from(event.attempts), attrs);
             if event.attempts > 1 {
                 instruments
                     .command_retries
-                    .add(u64::from(event.attempts - 1), &attrs);
+                    .add(u64::from(event.attempts - 1), attrs);
             }
         }
 
         // The span has the base attributes from its start; it gets the others at its end.
-        let mut span_attrs = Vec::with_capacity(4);
-        span_attrs.extend_from_slice(&attrs[3..]);
-        if event.attempts > 0 {
-            span_attrs.push(kv(semconv::COMMAND_ATTEMPTS, i64::from(event.attempts)));
-        }
-        span_attrs.push(kv(semconv::COMMAND_OUTCOME, event.outcome.as_str()));
+        let span_attrs = [
+            Some(kv(semconv::COMMAND_SUCCESS, success)),
+            code,
+            (event.attempts > 0).then(|| kv(semconv::COMMAND_ATTEMPTS, i64::from(event.attempts))),
+            Some(kv(semconv::COMMAND_OUTCOME, event.outcome.as_str())),
+        ]
+        .into_iter()
+        .flatten();
         let span = self.cx.span();
         span.set_attributes(span_attrs);
         match &event.failure {
@@ -556,11 +594,12 @@ impl CommandObservation for CommandSpan {
 /// Shards of the dispatch-id → command context map (a power of two).
 const SHARDS: usize = 16;
 
-/// A hasher for dispatch ids: UUIDv7s, whose low 64 bits are random, folded and mixed.
+/// A hasher for dispatch ids (UUIDv7s, whose low 64 bits are random: folded and mixed) and
+/// addresses.
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct FastHasher(u64);
 
-impl Hasher for IdHasher {
+impl Hasher for FastHasher {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -572,6 +611,10 @@ impl Hasher for IdHasher {
         }
     }
 
+    fn write_usize(&mut self, value: usize) {
+        self.0 = (self.0.rotate_left(5) ^ value as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
     fn write_u128(&mut self, value: u128) {
         #[allow(clippy::cast_possible_truncation)] // Folding the halves is the point.
         let folded = (value as u64) ^ ((value >> 64) as u64);
@@ -579,7 +622,7 @@ impl Hasher for IdHasher {
     }
 }
 
-type IdMap = HashMap<DispatchId, Context, BuildHasherDefault<IdHasher>>;
+type IdMap = HashMap<DispatchId, Context, BuildHasherDefault<FastHasher>>;
 
 /// The contexts of the commands in flight, by dispatch id, sharded to keep concurrent
 /// dispatches from contending.
@@ -595,7 +638,7 @@ impl CommandContexts {
     }
 
     fn shard(&self, id: DispatchId) -> std::sync::MutexGuard<'_, IdMap> {
-        let mut hasher = IdHasher::default();
+        let mut hasher = FastHasher::default();
         id.hash(&mut hasher);
         #[allow(clippy::cast_possible_truncation)] // The top bits pick one of `SHARDS`.
         let index = (hasher.finish() >> 60) as usize % SHARDS;
