@@ -216,18 +216,36 @@ async fn a_failed_start_has_an_error_span_and_a_failure_span_and_leaves_the_call
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_failure_outside_any_operation_is_a_root_failure_span() {
+async fn a_failure_outside_any_operation_is_a_root_span_and_leaves_the_current_span_alone() {
     let t = Telemetry::new();
     let rt = t.runtime();
     let (worker, control) = FakeWorker::new();
     rt.register(WorkerSpec::new("w", worker)).unwrap();
     rt.start_all().await.unwrap();
     let ctx = control.context(0).expect("the first incarnation's context");
-    ctx.report_failure(std::io::Error::other("lost connection"))
-        .unwrap();
+    // Reported from code running in a span of its own: the failure is delivered on this thread,
+    // with that span current, and must not touch it.
+    let tracer = t.tracer_provider.tracer("worker code");
+    let cx = Context::current_with_span(tracer.start("poll upstream"));
+    {
+        let _attached = cx.clone().attach();
+        ctx.report_failure(std::io::Error::other("lost connection"))
+            .unwrap();
+    }
+    cx.span().end();
+    let own = t.span("poll upstream");
+    assert_eq!(
+        own.status,
+        Status::Unset,
+        "the worker code's span is not ours"
+    );
+    assert!(own.events.is_empty());
 
     let failure = t.span("workerkit.failure");
-    assert!(is_root(&failure));
+    assert!(
+        is_root(&failure),
+        "not a child of a span the adapter does not own"
+    );
     assert!(matches!(failure.status, Status::Error { .. }));
     let transitions = t.metric("workerkit.lifecycle.transitions");
     assert_eq!(
