@@ -1,0 +1,3 @@
+//! Helpers of the example's tests.
+
+pub(crate) mod otlp_receiver;
