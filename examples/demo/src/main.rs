@@ -25,7 +25,10 @@
 //! 0 after a clean shutdown and 1 otherwise (forced, budget exhausted, or a failed runtime).
 //!
 //! Logs go to stdout: every lifecycle, readiness, failure and command event through
-//! [`TracingObserver`] (with a span per command), and the demo's own lines. Everything is
+//! [`TracingObserver`] (with a span per command), and the demo's own lines. When
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and only then), traces and metrics are exported over
+//! OTLP/HTTP as well (`OTEL_SERVICE_NAME` names the service); a dispatch's `traceparent` header
+//! continues the caller's trace. Everything is
 //! simulated in-process: no external services.
 //!
 //! Run with: `cargo run --release -p example-demo`
@@ -353,10 +356,16 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .with_writer(std::io::stdout)
         .with_target(false)
         .init();
-    let runtime = Runtime::builder("demo")
+    let mut builder = Runtime::builder("demo")
         .with_observer(TracingObserver::new())
-        .stop_timeout(Duration::from_secs(5))
-        .build()?;
+        .stop_timeout(Duration::from_secs(5));
+    // OpenTelemetry traces and metrics over OTLP/HTTP when an endpoint is configured (the
+    // standard `OTEL_*` variables), and only then; flushed at the end of the shutdown.
+    if let Some(otel) = workerkit_otel::init()? {
+        println!("demo: exporting traces and metrics over OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT)");
+        builder = builder.with_observer(otel);
+    }
+    let runtime = builder.build()?;
 
     let counters = Arc::new(Counters::default());
     let connected = Arc::new(AtomicBool::new(false));
