@@ -337,8 +337,44 @@ impl ManagedService {
             None => None,
         };
 
+        let mut shutdown_on = shutdown_on.unwrap_or_else(|| Box::pin(std::future::pending()));
         if start_workers {
-            if let Err(error) = runtime.start_all().await {
+            // A signal (or the caller's future) during a slow start is not left waiting for it:
+            // the start goes on in the background (it holds the lifecycle gate), and the
+            // shutdown follows it.
+            let started = tokio::select! {
+                result = runtime.start_all() => Ok(result),
+                kind = next_signal(&mut signals) => Err(ShutdownTrigger::Signal(kind)),
+                () = &mut shutdown_on => Err(ShutdownTrigger::Requested),
+            };
+            let started = match started {
+                Ok(result) => result,
+                Err(trigger) => {
+                    serving.begin_shutdown();
+                    let began = Instant::now();
+                    let result = runtime
+                        .shutdown_with(ShutdownOptions::new(budget, stop_grace))
+                        .await;
+                    let mut report = ServiceReport {
+                        trigger,
+                        forced: false,
+                        runtime_failed: !runtime.liveness().live,
+                        http_drained: true,
+                        shutdown: None,
+                        unfinished: Vec::new(),
+                        abandoned_commands: Vec::new(),
+                        elapsed: Duration::ZERO,
+                    };
+                    record_shutdown(&mut report, result);
+                    report.elapsed = began.elapsed();
+                    return if report.is_clean() {
+                        Ok(report)
+                    } else {
+                        Err(ServiceError::Unclean(Box::new(report)))
+                    };
+                }
+            };
+            if let Err(error) = started {
                 serving.begin_shutdown();
                 let began = Instant::now();
                 let result = runtime
@@ -370,7 +406,6 @@ impl ManagedService {
         let mut server = tokio::spawn(async move { serve.await });
 
         // Wait for the trigger.
-        let mut shutdown_on = shutdown_on.unwrap_or_else(|| Box::pin(std::future::pending()));
         let mut watch = runtime.subscribe();
         let mut server_result = None;
         let trigger = tokio::select! {

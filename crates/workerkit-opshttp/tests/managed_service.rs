@@ -323,3 +323,65 @@ async fn a_start_failure_shuts_the_runtime_down_and_errors() {
     );
     assert!(runtime.status().shut_down);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_asked_for_during_a_slow_start_does_not_wait_for_serving() {
+    let runtime = Runtime::builder("ops").no_start_timeout().build().unwrap();
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let started_tx = std::sync::Mutex::new(Some(started_tx));
+    let (finish_tx, finish_rx) = oneshot::channel::<()>();
+    let finish_rx = std::sync::Mutex::new(Some(finish_rx));
+    runtime
+        .register(WorkerSpec::new(
+            "slow",
+            worker_fn(move |_ctx| {
+                let started = started_tx.lock().unwrap().take();
+                let finish = finish_rx.lock().unwrap().take();
+                async move {
+                    if let Some(started) = started {
+                        let _ = started.send(());
+                    }
+                    if let Some(finish) = finish {
+                        let _ = finish.await;
+                    }
+                    Ok(())
+                }
+            }),
+        ))
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let serving = workerkit_opshttp::ServingState::new();
+    let run = tokio::spawn(
+        ManagedService::new(runtime.clone(), axum::Router::new())
+            .serving_state(serving.clone())
+            .os_signals(false)
+            .shutdown_on(async {
+                let _ = stop_rx.await;
+            })
+            .run(listener),
+    );
+    started_rx.await.unwrap();
+    stop_tx.send(()).unwrap();
+    // The shutdown began (not ready) while the start is still running: it did not wait for
+    // the start to finish and the server to come up first.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !serving.is_shutting_down() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("shutdown began during the start");
+    assert!(
+        !run.is_finished(),
+        "the start (holding the gate) is still running"
+    );
+    finish_tx.send(()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("a clean shutdown");
+    assert_eq!(report.trigger, ShutdownTrigger::Requested);
+    assert!(runtime.status().shut_down);
+}
