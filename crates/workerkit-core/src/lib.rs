@@ -76,6 +76,7 @@ struct ReadmeDoctests;
 
 pub mod command;
 pub mod control;
+pub mod diagram;
 pub mod error;
 pub mod failure;
 mod lifecycle;

@@ -286,7 +286,8 @@ where
             .route(
                 &self.path("commands/inflight"),
                 get(routes::get_in_flight::<R>),
-            );
+            )
+            .route(&self.path("diagram"), get(routes::get_diagram::<R>));
         if self.lifecycle {
             // `/workers/start` and friends are static paths, which win over `/workers/{name}`:
             // serve a worker named like a verb from them too.

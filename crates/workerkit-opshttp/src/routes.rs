@@ -140,6 +140,16 @@ pub(crate) async fn get_in_flight<R: Inspect>(State(s): St<R>) -> Response {
     ok(s.runtime.in_flight())
 }
 
+/// The runtime as a Mermaid flowchart, as text (not enveloped: paste it where Mermaid renders).
+pub(crate) async fn get_diagram<R: Inspect>(State(s): St<R>) -> Response {
+    let text = workerkit_core::diagram::mermaid(&s.runtime.status(), &s.runtime.workers());
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
 // ---- Dispatch ----
 
 /// A field that is present, even as `null`: `Some(Value::Null)`; absent: `None` (by `default`).

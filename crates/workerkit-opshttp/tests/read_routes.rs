@@ -174,3 +174,34 @@ async fn mutating_routes_are_off_by_default() {
     let reply = support::post(&app, "/admin/workers/stop", r#"{"name":"echo"}"#).await;
     assert_error(&reply, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 }
+
+#[tokio::test]
+async fn diagram_route_serves_the_runtime_as_mermaid_text() {
+    let rt = runtime(&Gates::default());
+    rt.start_all().await.unwrap();
+    let app = workerkit_opshttp::router(rt.clone());
+    let reply = get(&app, "/admin/diagram").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert!(reply.raw.starts_with("flowchart LR\n"), "{}", reply.raw);
+    assert_eq!(
+        reply.raw,
+        workerkit_core::diagram::mermaid(&rt.status(), &rt.workers())
+    );
+    assert!(
+        reply
+            .raw
+            .contains("runtime --> w0[\"echo<br/>running · ready · incarnation 1\"]"),
+        "{}",
+        reply.raw
+    );
+    assert!(
+        reply.raw.contains("runtime --> w1[\"start<br/>running"),
+        "{}",
+        reply.raw
+    );
+    assert!(reply.raw.contains("class w0 running"), "{}", reply.raw);
+}
