@@ -56,14 +56,15 @@ pub mod code {
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     /// 429: a concurrency limit is full (`Retry-After` says when to retry).
     pub const SATURATED: &str = "saturated";
+    /// 503: the server is shutting down and the request was still running when the HTTP
+    /// drain ran out of time (`ManagedService`).
+    pub const SHUTTING_DOWN: &str = "shutting_down";
     /// 503: the runtime does not accept commands (`Retry-After` says when to retry).
     pub const RUNTIME_NOT_ACCEPTING_WORK: &str = "runtime_not_accepting_work";
     /// 500: the handler returned an error.
     pub const COMMAND_FAILED: &str = "command_failed";
     /// 500: the handler panicked.
     pub const COMMAND_PANICKED: &str = "command_panicked";
-    /// 500: the handler's result payload could not be encoded.
-    pub const INVALID_RESULT: &str = "invalid_result";
     /// 500: a worker's own start failed (error, timeout or panic).
     pub const START_FAILED: &str = "start_failed";
     /// 500: a worker's own stop failed.

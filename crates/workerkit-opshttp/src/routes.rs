@@ -299,28 +299,28 @@ struct WorkerBody {
 struct EmptyBody {}
 
 /// Runs a lifecycle operation in its own task, so it finishes even if the client goes away,
-/// bounded by the lifecycle timeout (which includes waiting for the lifecycle gate). On timeout
-/// the operation is abandoned if it was still waiting for the gate; once it holds the gate,
-/// core finishes it in the background.
+/// and answers 504 if it has not finished within the lifecycle timeout (which includes waiting
+/// for the lifecycle gate). The operation is never dropped half-way: it runs to its end in the
+/// background, and the status routes show the outcome.
 async fn run_lifecycle<T: Send + 'static>(
     timeout: Option<Duration>,
     operation: impl Future<Output = T> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let task = tokio::spawn(async move {
-        match timeout {
-            Some(limit) => tokio::time::timeout(limit, operation).await.ok(),
-            None => Some(operation.await),
-        }
-    });
-    match task.await {
-        Ok(Some(value)) => Ok(value),
-        Ok(None) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            code::LIFECYCLE_TIMED_OUT,
-            "lifecycle operation timed out",
-        )),
-        Err(_) => Err(ApiError::internal(code::INTERNAL)),
-    }
+    let mut task = tokio::spawn(operation);
+    let joined = match timeout {
+        Some(limit) => match tokio::time::timeout(limit, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    code::LIFECYCLE_TIMED_OUT,
+                    "lifecycle operation timed out",
+                ));
+            }
+        },
+        None => task.await,
+    };
+    joined.map_err(|_| ApiError::internal(code::INTERNAL))
 }
 
 pub(crate) async fn post_worker_op<R: Inspect + Control + Clone + 'static>(

@@ -123,13 +123,17 @@ pub struct ServiceReport {
     pub runtime_failed: bool,
     /// Every in-flight HTTP request finished within the budget.
     pub http_drained: bool,
+    /// The budget ran out: requests or commands were still running at its end, or the
+    /// runtime's shutdown had not finished by the budget plus the stop grace.
+    pub budget_exceeded: bool,
     /// The runtime's shutdown report.
     pub shutdown: Option<ShutdownReport>,
     /// Workers that did not stop cleanly, by qualified name.
     pub unfinished: Vec<String>,
-    /// Commands still running when the HTTP drain was cut short (by the budget or a forced
-    /// stop): their HTTP requests were no longer waited for. What became of each is what the
-    /// runtime's shutdown gave it (its worker's stop, or the end of the process).
+    /// Commands in flight when the HTTP drain was cut short (by the budget or a forced stop).
+    /// The HTTP requests still running then were answered 503 (`shutting_down`) at once, and
+    /// a command running inside one ended as abandoned (its caller went away); a command
+    /// dispatched some other way ended as the runtime's shutdown dictated.
     pub abandoned_commands: Vec<InFlightCommand>,
     /// From the trigger to the end.
     pub elapsed: Duration,
@@ -143,9 +147,10 @@ impl ServiceReport {
         !self.forced
             && !self.runtime_failed
             && self.http_drained
+            && !self.budget_exceeded
             && self.unfinished.is_empty()
             && self.abandoned_commands.is_empty()
-            && self.shutdown.as_ref().is_some_and(|r| !r.deadline_exceeded)
+            && self.shutdown.as_ref().is_none_or(|r| !r.deadline_exceeded)
     }
 }
 
@@ -193,10 +198,11 @@ fn describe(report: &ServiceReport) -> String {
     if !report.http_drained {
         parts.push("HTTP requests still in flight at the deadline".to_owned());
     }
-    if report
-        .shutdown
-        .as_ref()
-        .is_some_and(|r| r.deadline_exceeded)
+    if report.budget_exceeded
+        || report
+            .shutdown
+            .as_ref()
+            .is_some_and(|r| r.deadline_exceeded)
     {
         parts.push("shutdown budget exhausted".to_owned());
     }
@@ -207,7 +213,7 @@ fn describe(report: &ServiceReport) -> String {
             .map(|c| format!("{}/{} ({})", c.worker, c.command, c.id))
             .collect();
         parts.push(format!(
-            "commands cut off with their HTTP requests: {}",
+            "commands still running when the HTTP drain was cut: {}",
             commands.join(", ")
         ));
     }
@@ -336,69 +342,54 @@ impl ManagedService {
             None if os_signals => Some(shutdown_signal()?),
             None => None,
         };
-
         let mut shutdown_on = shutdown_on.unwrap_or_else(|| Box::pin(std::future::pending()));
+        let mut force_on = force_on.unwrap_or_else(|| Box::pin(std::future::pending()));
+        let mut ending = Ending {
+            runtime: &runtime,
+            serving: &serving,
+            budget,
+            stop_grace,
+            signals: &mut signals,
+            force_on: &mut force_on,
+        };
+
         if start_workers {
             // A signal (or the caller's future) during a slow start is not left waiting for it:
             // the start goes on in the background (it holds the lifecycle gate), and the
-            // shutdown follows it.
+            // shutdown, bounded like any other, follows it.
             let started = tokio::select! {
                 result = runtime.start_all() => Ok(result),
-                kind = next_signal(&mut signals) => Err(ShutdownTrigger::Signal(kind)),
+                kind = next_signal(ending.signals) => Err(ShutdownTrigger::Signal(kind)),
                 () = &mut shutdown_on => Err(ShutdownTrigger::Requested),
             };
-            let started = match started {
-                Ok(result) => result,
-                Err(trigger) => {
-                    serving.begin_shutdown();
-                    let began = Instant::now();
-                    let result = runtime
-                        .shutdown_with(ShutdownOptions::new(budget, stop_grace))
-                        .await;
-                    let mut report = ServiceReport {
-                        trigger,
-                        forced: false,
-                        runtime_failed: !runtime.liveness().live,
-                        http_drained: true,
-                        shutdown: None,
-                        unfinished: Vec::new(),
-                        abandoned_commands: Vec::new(),
-                        elapsed: Duration::ZERO,
-                    };
-                    record_shutdown(&mut report, result);
-                    report.elapsed = began.elapsed();
-                    return if report.is_clean() {
-                        Ok(report)
-                    } else {
-                        Err(ServiceError::Unclean(Box::new(report)))
-                    };
+            match started {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    let report = ending.run(ShutdownTrigger::StartFailed).await;
+                    return Err(ServiceError::Start {
+                        error,
+                        report: Box::new(report),
+                    });
                 }
-            };
-            if let Err(error) = started {
-                serving.begin_shutdown();
-                let began = Instant::now();
-                let result = runtime
-                    .shutdown_with(ShutdownOptions::new(budget, stop_grace))
-                    .await;
-                let mut report = ServiceReport {
-                    trigger: ShutdownTrigger::StartFailed,
-                    forced: false,
-                    runtime_failed: !runtime.liveness().live,
-                    http_drained: true,
-                    shutdown: None,
-                    unfinished: Vec::new(),
-                    abandoned_commands: Vec::new(),
-                    elapsed: Duration::ZERO,
-                };
-                record_shutdown(&mut report, result);
-                report.elapsed = began.elapsed();
-                return Err(ServiceError::Start {
-                    error,
-                    report: Box::new(report),
-                });
+                Err(trigger) => return finish(ending.run(trigger).await, None),
             }
         }
 
+        // Requests still running when the HTTP drain is cut (budget or force) are answered
+        // 503 at once; dropping them ends their commands as abandoned (core's rule for a
+        // caller that goes away), so nothing admitted is left without an answer.
+        let (cut, cut_rx) = watch::channel(false);
+        let app = app.layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let mut cut_rx = cut_rx.clone();
+                async move {
+                    tokio::select! {
+                        response = next.run(request) => response,
+                        _ = cut_rx.wait_for(|cut| *cut) => cut_off_response(),
+                    }
+                }
+            },
+        ));
         let (stop_http, mut http_stopped) = watch::channel(false);
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = http_stopped.wait_for(|stop| *stop).await;
@@ -409,7 +400,7 @@ impl ManagedService {
         let mut watch = runtime.subscribe();
         let mut server_result = None;
         let trigger = tokio::select! {
-            kind = next_signal(&mut signals) => ShutdownTrigger::Signal(kind),
+            kind = next_signal(ending.signals) => ShutdownTrigger::Signal(kind),
             () = &mut shutdown_on => ShutdownTrigger::Requested,
             failed = runtime_ended(&mut watch) => if failed {
                 ShutdownTrigger::RuntimeFailed
@@ -421,127 +412,269 @@ impl ManagedService {
                 ShutdownTrigger::ServerExited
             }
         };
-        let began = Instant::now();
-        let deadline = began + budget;
-        serving.begin_shutdown();
-        let runtime_failed_before = !runtime.liveness().live;
-
-        // A second signal, or the caller's force future, forces.
-        let mut force_on = force_on.unwrap_or_else(|| Box::pin(std::future::pending()));
-        let mut forced = false;
-        let force = async {
-            tokio::select! {
-                _ = next_signal(&mut signals) => {}
-                () = &mut force_on => {}
-            }
+        let http = Http {
+            server,
+            server_result,
+            stop: stop_http,
+            cut,
+            pre_stop_delay,
         };
-        let mut force = std::pin::pin!(force);
+        let (report, serve_error) = ending.run_with_http(trigger, http).await;
+        finish(report, serve_error)
+    }
+}
+
+/// The 503 a request still running at the end of the HTTP drain gets.
+fn cut_off_response() -> axum::response::Response {
+    crate::json::response(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({
+            "error": "the server is shutting down",
+            "code": crate::code::SHUTTING_DOWN,
+        }),
+    )
+}
+
+fn finish(
+    report: ServiceReport,
+    serve_error: Option<io::Error>,
+) -> Result<ServiceReport, ServiceError> {
+    if let Some(err) = serve_error {
+        return Err(ServiceError::Io(err));
+    }
+    if report.is_clean() {
+        Ok(report)
+    } else {
+        Err(ServiceError::Unclean(Box::new(report)))
+    }
+}
+
+/// The server's side of a shutdown.
+struct Http {
+    server: tokio::task::JoinHandle<io::Result<()>>,
+    server_result: Option<Result<io::Result<()>, tokio::task::JoinError>>,
+    stop: watch::Sender<bool>,
+    cut: watch::Sender<bool>,
+    pre_stop_delay: Duration,
+}
+
+/// The least time the HTTP drain gets, even when the pre-stop delay used the whole budget: an
+/// idle server closes within a few polls.
+const DRAIN_FLOOR: Duration = Duration::from_millis(100);
+
+/// Core's least time for each worker's stop once a shutdown's budget is spent.
+const STOP_FLOOR: Duration = Duration::from_millis(100);
+
+/// What the wait for the runtime's shutdown allows for its observers' flush.
+const FLUSH_ALLOWANCE: Duration = Duration::from_secs(1);
+
+/// How long connections get to deliver the 503 of cut-off requests before the server task is
+/// dropped.
+const CUT_GRACE: Duration = Duration::from_millis(100);
+
+/// Everything a shutdown needs; `run` and `run_with_http` carry it out within the budget.
+struct Ending<'a> {
+    runtime: &'a Runtime,
+    serving: &'a ServingState,
+    budget: Duration,
+    stop_grace: Duration,
+    signals: &'a mut Option<ShutdownSignal>,
+    force_on: &'a mut BoxFuture,
+}
+
+impl Ending<'_> {
+    /// A shutdown with no server to drain (the server never ran).
+    async fn run(&mut self, trigger: ShutdownTrigger) -> ServiceReport {
+        let began = Instant::now();
+        self.serving.begin_shutdown();
+        let runtime_failed = !self.runtime.liveness().live;
+        let mut report = ServiceReport {
+            trigger,
+            forced: false,
+            runtime_failed,
+            http_drained: true,
+            budget_exceeded: false,
+            shutdown: None,
+            unfinished: Vec::new(),
+            abandoned_commands: Vec::new(),
+            elapsed: Duration::ZERO,
+        };
+        let mut forced = false;
+        self.runtime_shutdown(&mut report, began + self.budget, &mut forced)
+            .await;
+        report.forced = forced;
+        report.elapsed = began.elapsed();
+        report
+    }
+
+    /// Not ready → pre-stop delay → HTTP drain → the runtime's shutdown, in one budget.
+    async fn run_with_http(
+        &mut self,
+        trigger: ShutdownTrigger,
+        mut http: Http,
+    ) -> (ServiceReport, Option<io::Error>) {
+        let began = Instant::now();
+        let deadline = began + self.budget;
+        self.serving.begin_shutdown();
+        let mut report = ServiceReport {
+            trigger,
+            forced: false,
+            runtime_failed: trigger == ShutdownTrigger::RuntimeFailed
+                || !self.runtime.liveness().live,
+            http_drained: true,
+            budget_exceeded: false,
+            shutdown: None,
+            unfinished: Vec::new(),
+            abandoned_commands: Vec::new(),
+            elapsed: Duration::ZERO,
+        };
+        let mut forced = false;
+        let mut serve_error = None;
 
         // 1. Pre-stop delay: keep serving, not ready.
-        if !pre_stop_delay.is_zero() && server_result.is_none() {
+        if !http.pre_stop_delay.is_zero() && http.server_result.is_none() {
             tokio::select! {
-                () = tokio::time::sleep_until((began + pre_stop_delay).min(deadline)) => {}
-                () = &mut force => forced = true,
+                () = tokio::time::sleep_until((began + http.pre_stop_delay).min(deadline)) => {}
+                () = force(self.signals, self.force_on) => forced = true,
             }
         }
 
         // 2. HTTP drain: stop accepting, let requests in flight finish.
-        let _ = stop_http.send(true);
-        let mut serve_error = None;
-        let mut abandoned_commands = Vec::new();
-        let http_drained = if let Some(result) = server_result.take() {
-            if let Ok(Err(err)) = result {
-                serve_error = Some(err);
-            }
-            true
+        let _ = http.stop.send(true);
+        let outcome = if let Some(result) = http.server_result.take() {
+            Some(Ok(result))
         } else if forced {
-            abandoned_commands = runtime.in_flight();
-            server.abort();
-            false
+            None
         } else {
+            let drain_deadline = deadline.max(Instant::now() + DRAIN_FLOOR);
             tokio::select! {
-                result = tokio::time::timeout_at(deadline, &mut server) => match result {
-                    Ok(Ok(Ok(()))) => true,
-                    Ok(Ok(Err(err))) => {
-                        serve_error = Some(err);
-                        true
-                    }
-                    Ok(Err(_join)) => false,
-                    Err(_elapsed) => {
-                        abandoned_commands = runtime.in_flight();
-                        server.abort();
-                        false
-                    }
-                },
-                () = &mut force => {
+                result = tokio::time::timeout_at(drain_deadline, &mut http.server) => Some(result),
+                () = force(self.signals, self.force_on) => {
                     forced = true;
-                    abandoned_commands = runtime.in_flight();
-                    server.abort();
-                    false
-                }
-            }
-        };
-
-        // 3. The runtime's graceful shutdown, in what is left of the budget.
-        if forced {
-            runtime.force_shutdown();
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let shutdown = runtime.shutdown_with(ShutdownOptions::new(remaining, stop_grace));
-        let mut shutdown = std::pin::pin!(shutdown);
-        let result = if forced {
-            // Forced before the workers' shutdown began: stop them, but wait no longer than the
-            // stop grace.
-            tokio::time::timeout(stop_grace, &mut shutdown).await.ok()
-        } else {
-            tokio::select! {
-                result = &mut shutdown => Some(result),
-                // Forced while the workers shut down: stop waiting at once. The runtime goes on
-                // stopping them until the process exits.
-                () = &mut force => {
-                    forced = true;
-                    runtime.force_shutdown();
                     None
                 }
             }
         };
-
-        let mut report = ServiceReport {
-            trigger,
-            forced,
-            runtime_failed: runtime_failed_before || !runtime.liveness().live,
-            http_drained,
-            shutdown: None,
-            unfinished: Vec::new(),
-            abandoned_commands,
-            elapsed: Duration::ZERO,
-        };
-        match result {
-            Some(result) => record_shutdown(&mut report, result),
-            None => {
-                report.unfinished = runtime
-                    .workers()
-                    .into_iter()
-                    .filter(|w| {
-                        !matches!(
-                            w.status.state,
-                            LifecycleState::Stopped | LifecycleState::Registered
-                        )
-                    })
-                    .map(|w| w.qualified_name.to_string())
-                    .collect();
+        match outcome {
+            Some(Ok(Ok(Ok(())))) => {}
+            Some(Ok(Ok(Err(err)))) => serve_error = Some(err),
+            Some(Ok(Err(_panicked))) => report.http_drained = false,
+            Some(Err(_)) | None => {
+                // Cut what is still running: those requests get a 503 now.
+                report.http_drained = false;
+                report.budget_exceeded |= !forced;
+                report.abandoned_commands = self.runtime.in_flight();
+                let _ = http.cut.send(true);
+                if tokio::time::timeout(CUT_GRACE, &mut http.server)
+                    .await
+                    .is_err()
+                {
+                    http.server.abort();
+                }
             }
         }
+
+        // 3. The runtime's graceful shutdown, in what is left of the budget.
+        self.runtime_shutdown(&mut report, deadline, &mut forced)
+            .await;
+        report.forced = forced;
         report.elapsed = began.elapsed();
-        if let Some(err) = serve_error {
-            return Err(ServiceError::Io(err));
+        (report, serve_error)
+    }
+
+    /// The runtime's shutdown, in a task of its own so that nothing here can cancel it, waited
+    /// for until `deadline` + stop grace + 100 ms per worker + 1 s at most (the shutdown may
+    /// first wait for an operation holding the lifecycle gate, gives every worker's stop at
+    /// least 100 ms, and flushes observers at its end). A force stops the wait at
+    /// once; the runtime goes on stopping workers until the process exits.
+    async fn runtime_shutdown(
+        &mut self,
+        report: &mut ServiceReport,
+        deadline: Instant,
+        forced: &mut bool,
+    ) {
+        // What core's shutdown may take beyond the budget: the stop grace, the floor each
+        // worker's stop gets after it, and a second for the observers' flush.
+        let workers = u32::try_from(self.runtime.workers().len()).unwrap_or(u32::MAX);
+        let hard_deadline = deadline.max(Instant::now())
+            + self.stop_grace
+            + STOP_FLOOR.saturating_mul(workers)
+            + FLUSH_ALLOWANCE;
+        if *forced {
+            self.runtime.force_shutdown();
         }
-        if report.is_clean() {
-            Ok(report)
+        let already_ended = report.trigger == ShutdownTrigger::RuntimeShutDown;
+        let mut task = if already_ended {
+            // Someone else shut the runtime down (e.g. `POST {p}/runtime/shutdown`): wait for
+            // that shutdown rather than running a second one over its results.
+            let mut watch = self.runtime.subscribe();
+            tokio::spawn(async move {
+                watch.wait_until(|rt| rt.status().shut_down).await;
+                None
+            })
         } else {
-            Err(ServiceError::Unclean(Box::new(report)))
+            let runtime = self.runtime.clone();
+            let options = ShutdownOptions::new(
+                deadline.saturating_duration_since(Instant::now()),
+                self.stop_grace,
+            );
+            tokio::spawn(async move { Some(runtime.shutdown_with(options).await) })
+        };
+        let waited = if *forced {
+            tokio::time::timeout_at(
+                hard_deadline.min(Instant::now() + self.stop_grace),
+                &mut task,
+            )
+            .await
+            .ok()
+        } else {
+            tokio::select! {
+                result = tokio::time::timeout_at(hard_deadline, &mut task) => result.ok(),
+                () = force(self.signals, self.force_on) => {
+                    *forced = true;
+                    self.runtime.force_shutdown();
+                    None
+                }
+            }
+        };
+        match waited {
+            Some(Ok(Some(result))) => record_shutdown(report, result),
+            Some(Ok(None)) => report.unfinished = not_stopped(self.runtime),
+            Some(Err(_)) | None => {
+                report.budget_exceeded |= !*forced;
+                report.unfinished = not_stopped(self.runtime);
+                if report.unfinished.is_empty() && !*forced {
+                    // Every worker stopped, but the shutdown (its flush) did not finish.
+                    report
+                        .unfinished
+                        .push("<runtime: shutdown unfinished>".to_owned());
+                }
+            }
         }
     }
+}
+
+/// Waits for a second signal or the caller's force future.
+async fn force(signals: &mut Option<ShutdownSignal>, force_on: &mut BoxFuture) {
+    tokio::select! {
+        _ = next_signal(signals) => {}
+        () = force_on => {}
+    }
+}
+
+/// Workers not stopped (running, in transition, or failed), by qualified name.
+fn not_stopped(runtime: &Runtime) -> Vec<String> {
+    runtime
+        .workers()
+        .into_iter()
+        .filter(|w| {
+            !matches!(
+                w.status.state,
+                LifecycleState::Stopped | LifecycleState::Registered
+            )
+        })
+        .map(|w| w.qualified_name.to_string())
+        .collect()
 }
 
 fn record_shutdown(report: &mut ServiceReport, result: Result<ShutdownReport, ShutdownError>) {

@@ -140,7 +140,7 @@ async fn an_exhausted_budget_still_stops_the_workers_and_names_the_stuck_command
     let run = tokio::spawn(svc.run(s.listener));
     running(&s.runtime).await;
     let entered = s.gates.entered.notified();
-    let _request = tokio::spawn(http(
+    let request = tokio::spawn(http(
         s.addr,
         "POST",
         "/admin/commands/dispatch",
@@ -155,10 +155,19 @@ async fn an_exhausted_budget_still_stops_the_workers_and_names_the_stuck_command
         panic!("{err:?}")
     };
     assert!(!report.http_drained);
+    assert!(report.budget_exceeded);
     assert_eq!(report.abandoned_commands.len(), 1);
     assert_eq!(report.abandoned_commands[0].id, id);
-    assert!(report.shutdown.as_ref().unwrap().deadline_exceeded);
-    assert!(err.to_string().contains("commands cut off"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("commands still running when the HTTP drain was cut"),
+        "{err}"
+    );
+    // The caller was answered, and the command it carried ended (abandoned with its request).
+    let (status, body) = request.await.unwrap().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""code":"shutting_down""#), "{body}");
+    assert!(s.runtime.in_flight().is_empty());
     // Both workers were stopped anyway.
     for worker in s.runtime.workers() {
         assert_eq!(
@@ -168,7 +177,6 @@ async fn an_exhausted_budget_still_stops_the_workers_and_names_the_stuck_command
             worker.name
         );
     }
-    s.gates.release.notify_one();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +287,7 @@ async fn a_failed_runtime_ends_the_service_with_an_error() {
     let report = err.report().unwrap();
     assert_eq!(report.trigger, ShutdownTrigger::RuntimeFailed);
     assert!(report.runtime_failed);
-    assert!(err.to_string().contains("runtime failed"), "{err}");
+    assert!(err.to_string().contains("runtime failed"), "{err}: {report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,9 @@ impl Demo {
             .args(["--addr", "127.0.0.1:0"])
             .env_remove("WORKERKIT_DEMO_TOKEN")
             .env_remove("WORKERKIT_DEMO_ADDR")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -240,12 +243,12 @@ fn sleep_command(addr: SocketAddr, ms: u64) -> Receiver<Option<(u16, String)>> {
 
 #[test]
 fn sigterm_lets_commands_in_flight_finish_and_exits_zero() {
-    let mut demo = Demo::start(&[("WORKERKIT_DEMO_PRE_STOP_MS", "1500")]);
+    let mut demo = Demo::start(&[("WORKERKIT_DEMO_PRE_STOP_MS", "300")]);
     let addr = demo.addr();
     let (status, body) = http(addr, "GET", "/readyz", None).expect("readyz");
     assert_eq!(status, 200, "{body}");
 
-    let answer = sleep_command(addr, 1000);
+    let answer = sleep_command(addr, 2000);
     wait_in_flight(addr);
     demo.signal("TERM");
 
@@ -269,10 +272,15 @@ fn sigterm_lets_commands_in_flight_finish_and_exits_zero() {
         .expect("an answer")
         .expect("the command's HTTP request completed");
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains(r#""slept_ms":1000"#), "{body}");
+    assert!(body.contains(r#""slept_ms":2000"#), "{body}");
 
     let exit = demo.wait_exit(SHUTDOWN_LIMIT);
     assert_eq!(exit.code(), Some(0), "output:\n{}", demo.output());
+    // The HTTP drain let the command finish before any worker began to stop.
+    let position = |needle: &str| demo.transcript.iter().position(|l| l.contains(needle));
+    let finished = position(r#"command="sleep" success=true"#).expect("the command's end line");
+    let first_stop = position(r#"lifecycle_to="stopping""#).expect("a stopping transition");
+    assert!(finished < first_stop, "output:\n{}", demo.output());
     assert!(
         demo.has_line("demo: shutdown complete (Signal(Terminate))"),
         "{}",
@@ -299,12 +307,19 @@ fn an_exhausted_budget_still_stops_the_workers_names_stragglers_and_exits_non_ze
     assert_eq!(exit.code(), Some(1), "output:\n{}", demo.output());
     assert!(
         demo.has_line(&format!(
-            "commands cut off with their HTTP requests: demo/echo/sleep ({id})"
+            "commands still running when the HTTP drain was cut: demo/echo/sleep ({id})"
         )),
         "the straggler is named; output:\n{}",
         demo.output()
     );
-    // The workers were stopped anyway; the long command was cancelled by echo's stop.
+    // Its caller got an answer that says why, and the command ended with its request.
+    let (status, body) = answer
+        .recv_timeout(SHUTDOWN_LIMIT)
+        .expect("an answer")
+        .expect("the HTTP request got a response");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains(r#""code":"shutting_down""#), "{body}");
+    // The workers were stopped anyway.
     assert!(
         demo.has_line(&transition("demo/echo", "stopping", "stopped")),
         "{}",
@@ -319,12 +334,11 @@ fn an_exhausted_budget_still_stops_the_workers_names_stragglers_and_exits_non_ze
         demo.transcript.iter().any(|line| {
             line.contains("workerkit command dispatch completed")
                 && line.contains(&format!("dispatch_id={id}"))
-                && line.contains(r#"outcome="cancelled""#)
+                && line.contains(r#"outcome="abandoned""#)
         }),
-        "the long command was cancelled by echo's stop; output:\n{}",
+        "the long command ended as abandoned with its request; output:\n{}",
         demo.output()
     );
-    drop(answer);
 }
 
 #[test]
@@ -343,7 +357,10 @@ fn a_second_signal_forces_the_stop() {
     assert_eq!(exit.code(), Some(1), "output:\n{}", demo.output());
     assert!(demo.has_line("forced=true"), "{}", demo.output());
     assert!(
-        demo.has_line("demo/maintenance"),
+        demo.transcript
+            .iter()
+            .any(|l| l.contains("workers that did not stop cleanly:")
+                && l.contains("demo/maintenance")),
         "the unfinished worker is named; output:\n{}",
         demo.output()
     );
