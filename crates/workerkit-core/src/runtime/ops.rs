@@ -53,13 +53,32 @@ impl Deadline {
     }
 }
 
+/// Worker code that, whenever it waits, first spawns the loops batched by a bulk start
+/// (`worker::batched_loops`): a worker's start may wait for an earlier worker's loop.
+struct FlushOnWait<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for FlushOnWait<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let poll = std::pin::Pin::new(&mut self.0).poll(cx);
+        if poll.is_pending() {
+            crate::worker::flush_loops();
+        }
+        poll
+    }
+}
+
 /// Runs worker code under panic capture and an optional timeout (the future is dropped at the
 /// deadline). Worker code that finishes at its first poll never arms the timer.
 async fn guarded<F>(limit: Option<Duration>, timer: &mut Deadline, future: F) -> Outcome
 where
     F: std::future::Future<Output = Result<(), BoxError>> + Unpin,
 {
-    let mut future = CatchUnwind::new(future);
+    let mut future = CatchUnwind::new(FlushOnWait(future));
     let first = std::future::poll_fn(|cx| {
         std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
             std::task::Poll::Ready(result) => Some(result),
@@ -580,25 +599,30 @@ pub(super) async fn start_all(inner: &Arc<Inner>) -> Result<(), LifecycleError> 
             return (Err(err), None);
         }
         let mut timer = Deadline::default();
-        for (idx, state) in snapshot_states(inner) {
-            match state {
-                LifecycleState::Running => {}
-                s if s.can_start() => {
-                    let (result, payload) = start(inner, idx, &mut timer).await;
-                    if let Err(err) = result {
-                        return (Err(err), payload);
+        // Loop tasks are spawned in batches (when a start waits, and at the end), not one by
+        // one between starts: see `worker::batched_loops`.
+        crate::worker::batched_loops(async {
+            for (idx, state) in snapshot_states(inner) {
+                match state {
+                    LifecycleState::Running => {}
+                    s if s.can_start() => {
+                        let (result, payload) = start(inner, idx, &mut timer).await;
+                        if let Err(err) = result {
+                            return (Err(err), payload);
+                        }
+                    }
+                    _ => {
+                        let err = {
+                            let st = inner.lock();
+                            invalid_state(inner, idx, &st, Operation::Start)
+                        };
+                        return (Err(err), None);
                     }
                 }
-                _ => {
-                    let err = {
-                        let st = inner.lock();
-                        invalid_state(inner, idx, &st, Operation::Start)
-                    };
-                    return (Err(err), None);
-                }
             }
-        }
-        (Ok(()), None)
+            (Ok(()), None)
+        })
+        .await
     })
     .await
 }
