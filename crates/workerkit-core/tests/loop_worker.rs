@@ -1458,3 +1458,111 @@ async fn shutdown_wakes_many_idle_loops() {
             .all(|w| w.status.state == LifecycleState::Stopped)
     );
 }
+
+// ---- start_all launches loops in batches ---------------------------------------------------
+
+/// A loop that opens `latch` once it runs, then waits for its stop.
+fn opening_loop(latch: &Latch) -> LoopWorker {
+    let latch = latch.clone();
+    LoopWorker::new(move |ctx| {
+        let latch = latch.clone();
+        async move {
+            latch.open();
+            ctx.stop_requested().await;
+            Ok(())
+        }
+    })
+}
+
+/// `start_all` spawns loop tasks in batches, but a start that waits flushes the batch first:
+/// a worker's start can wait for an earlier worker's loop (here on a single-threaded runtime,
+/// where nothing else could run that loop).
+#[tokio::test(start_paused = true)]
+async fn start_all_start_can_wait_for_an_earlier_workers_loop() {
+    let rt = runtime(&RecordingObserver::new());
+    let opened = Latch::new();
+    rt.register(WorkerSpec::new("source", opening_loop(&opened)))
+        .unwrap();
+    let waits = opened.clone();
+    let dependent = LoopWorker::new(|ctx| async move {
+        ctx.stop_requested().await;
+        Ok(())
+    })
+    .on_start(move |_ctx| {
+        let waits = waits.clone();
+        async move {
+            waits.wait().await;
+            Ok(())
+        }
+    });
+    rt.register(WorkerSpec::new("dependent", dependent).start_timeout(Duration::from_secs(10)))
+        .unwrap();
+    let began = Instant::now();
+    within(rt.start_all()).await.unwrap();
+    assert_eq!(
+        began.elapsed(),
+        Duration::ZERO,
+        "the start did not wait for its timeout"
+    );
+    assert_eq!(rt.status().state, LifecycleState::Running);
+    within(rt.shutdown()).await.unwrap();
+}
+
+/// Every loop of a `start_all` has been spawned by the time it returns, also when a later start
+/// fails (fail-fast): the started workers' loops run, and stop normally.
+#[tokio::test(start_paused = true)]
+async fn start_all_launches_every_started_loop_also_when_a_later_start_fails() {
+    let rt = runtime(&RecordingObserver::new());
+    let loops = Loops::new();
+    for i in 0..3 {
+        rt.register(WorkerSpec::new(
+            format!("w{i}"),
+            scripted_loop(&loops, End::OnStop),
+        ))
+        .unwrap();
+    }
+    let failing = LoopWorker::new(|ctx| async move {
+        ctx.stop_requested().await;
+        Ok(())
+    })
+    .on_start(|_ctx| async { Err::<(), BoxError>("expected start failure".into()) });
+    rt.register(WorkerSpec::new("failing", failing)).unwrap();
+    rt.register(WorkerSpec::new("never", scripted_loop(&loops, End::OnStop)))
+        .unwrap();
+    let err = within(rt.start_all()).await.unwrap_err();
+    assert_eq!(err.code(), "start_failed");
+    loops.launched.reached(3).await;
+    assert_eq!(
+        loops.launched.get(),
+        3,
+        "the worker after the failure never started"
+    );
+    let report = within(rt.shutdown()).await.unwrap();
+    assert_eq!(report.stopped, ["rt/failing", "rt/w2", "rt/w1", "rt/w0"]);
+    assert_eq!(loops.exited.get(), 3);
+}
+
+/// A loop that fails at once after a `start_all` fails its worker afterwards (row 14a): the
+/// start itself succeeded, and the worker ends `failed` with its loop's exit reason.
+#[tokio::test(start_paused = true)]
+async fn start_all_loop_failing_at_once_fails_its_worker_after_the_start() {
+    let rt = runtime(&RecordingObserver::new());
+    let loops = Loops::new();
+    rt.register(WorkerSpec::new("ok", scripted_loop(&loops, End::OnStop)))
+        .unwrap();
+    rt.register(WorkerSpec::new(
+        "quits",
+        LoopWorker::new(|_ctx| async { Ok::<(), BoxError>(()) }),
+    ))
+    .unwrap();
+    within(rt.start_all()).await.unwrap();
+    let exit = within(rt.wait_exit("quits")).await.unwrap();
+    assert_eq!(exit.reason, ExitReason::ExitedUnexpectedly);
+    assert_eq!(
+        rt.worker("quits").unwrap().status.state,
+        LifecycleState::Failed
+    );
+    loops.launched.reached(1).await;
+    within(rt.stop("quits")).await.unwrap();
+    within(rt.shutdown()).await.unwrap();
+}

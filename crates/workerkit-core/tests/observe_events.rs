@@ -649,3 +649,66 @@ async fn a_lifecycle_call_returns_only_after_its_events_were_delivered() {
         ["start Started", "start Succeeded"]
     );
 }
+
+/// `drain_all` (and the drain pass of a shutdown) drains in chunks of workers per hold of the
+/// state lock; each worker's drain is still committed on its own: its transition and readiness
+/// in registration order, the runtime's events right after the first drain, and `seq` strictly
+/// increasing. Enough workers for several chunks, and a worker that is not running is skipped.
+#[tokio::test(start_paused = true)]
+async fn drain_all_emits_each_workers_events_in_registration_order() {
+    let (rt, recorder) = recorded();
+    let n = 150;
+    for i in 0..n {
+        fake(&rt, &format!("w{i}"));
+    }
+    rt.start_all().await.unwrap();
+    rt.stop("w70").await.unwrap();
+    recorder.clear();
+    rt.drain_all().await.unwrap();
+    // (The runtime is already unready: `w70` is stopped.)
+    let mut expected = vec![];
+    for i in (0..n).filter(|&i| i != 70) {
+        expected.push(format!("T rt/w{i} running->draining"));
+        expected.push(format!("R rt/w{i} false"));
+        if i == 0 {
+            expected.push("T rt running->draining".to_owned());
+        }
+    }
+    assert_eq!(recorder.all_briefs(), expected);
+    let seqs: Vec<u64> = recorder.events().iter().filter_map(seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] + 1 == w[1]), "{seqs:?}");
+}
+
+/// The same for the drain pass of a shutdown, whose stop pass then goes in reverse order.
+#[tokio::test(start_paused = true)]
+async fn shutdown_drains_in_registration_order_then_stops_in_reverse() {
+    let (rt, recorder) = recorded();
+    let n = 100;
+    for i in 0..n {
+        fake(&rt, &format!("w{i}"));
+    }
+    rt.start_all().await.unwrap();
+    recorder.clear();
+    let report = rt.shutdown().await.unwrap();
+    let expected: Vec<String> = (0..n).rev().map(|i| format!("rt/w{i}")).collect();
+    assert_eq!(report.stopped, expected);
+    let briefs = recorder.briefs();
+    let drains: Vec<&String> = briefs.iter().filter(|b| b.contains("->draining")).collect();
+    let mut expected_drains: Vec<String> = (0..n)
+        .map(|i| format!("T rt/w{i} running->draining"))
+        .collect();
+    // The runtime's own transition comes right after the first worker's drain.
+    expected_drains.insert(1, "T rt running->draining".to_owned());
+    assert_eq!(drains, expected_drains.iter().collect::<Vec<_>>());
+    let stops: Vec<&String> = briefs
+        .iter()
+        .filter(|b| b.contains("rt/w") && b.contains("->stopped"))
+        .collect();
+    let expected_stops: Vec<String> = (0..n)
+        .rev()
+        .map(|i| format!("T rt/w{i} stopping->stopped"))
+        .collect();
+    assert_eq!(stops, expected_stops.iter().collect::<Vec<_>>());
+    let seqs: Vec<u64> = recorder.events().iter().filter_map(seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}

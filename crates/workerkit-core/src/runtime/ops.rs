@@ -53,13 +53,32 @@ impl Deadline {
     }
 }
 
-/// Runs worker code under panic capture and an optional timeout (the future is dropped at the
-/// deadline). Worker code that finishes at its first poll never arms the timer.
-async fn guarded<F>(limit: Option<Duration>, timer: &mut Deadline, future: F) -> Outcome
+/// Worker code that, whenever it waits, first spawns the loops batched by a bulk start
+/// (`worker::batched_loops`): a worker's start may wait for an earlier worker's loop.
+struct FlushOnWait<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for FlushOnWait<F> {
+    type Output = F::Output;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let poll = std::pin::Pin::new(&mut self.0).poll(cx);
+        if poll.is_pending() {
+            crate::worker::flush_loops();
+        }
+        poll
+    }
+}
+
+/// Runs worker code under panic capture and an optional deadline (the future is dropped then).
+/// Worker code that finishes at its first poll never arms the timer.
+async fn guarded<F>(deadline: Option<Instant>, timer: &mut Deadline, future: F) -> Outcome
 where
     F: std::future::Future<Output = Result<(), BoxError>> + Unpin,
 {
-    let mut future = CatchUnwind::new(future);
+    let mut future = CatchUnwind::new(FlushOnWait(future));
     let first = std::future::poll_fn(|cx| {
         std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
             std::task::Poll::Ready(result) => Some(result),
@@ -67,11 +86,11 @@ where
         })
     })
     .await;
-    let result = match (first, limit) {
+    let result = match (first, deadline) {
         (Some(result), _) => Some(result),
         (None, None) => Some((&mut future).await),
-        (None, Some(limit)) => {
-            let sleep = timer.arm(Instant::now() + limit);
+        (None, Some(deadline)) => {
+            let sleep = timer.arm(deadline);
             tokio::select! {
                 biased;
                 result = &mut future => Some(result),
@@ -163,7 +182,10 @@ pub(super) async fn single(
     let mut timer = Deadline::default();
     let (result, payload) = match operation {
         Operation::Start => start(inner, idx, &mut timer).await,
-        Operation::Stop => stop(inner, idx, None, &mut timer).await,
+        Operation::Stop => {
+            let (result, payload) = stop(inner, idx, None, Instant::now(), &mut timer).await;
+            (result.map(|_| ()), payload)
+        }
         _ => (drain(inner, idx), None),
     };
     let result = result.map(|()| inner.lock().workers[idx].status());
@@ -213,7 +235,7 @@ pub(super) async fn start(
         if !st.workers[idx].lifecycle.can_start() {
             return Err(invalid_state(inner, idx, st, Operation::Start));
         }
-        st.modify(idx, |rec| {
+        st.transition_with(idx, LifecycleState::Starting, now, |rec| {
             rec.incarnation += 1;
             rec.accepting = false;
             rec.ready_set_during_start = false;
@@ -222,7 +244,6 @@ pub(super) async fn start(
             rec.escalated = false;
             rec.token = crate::task::Signal::new();
         });
-        st.transition(idx, LifecycleState::Starting, now);
         st.set_ready(idx, false, now);
         let rec = &st.workers[idx];
         Ok((
@@ -260,7 +281,7 @@ pub(super) async fn start(
         }
         match (made, slot.as_mut()) {
             (Outcome::Ok, Some(worker)) => {
-                guarded(config.start_timeout, timer, worker.start_dyn(ctx.clone())).await
+                guarded(deadline, timer, worker.start_dyn(ctx.clone())).await
             }
             (Outcome::Ok, None) => Outcome::Err("worker instance unavailable".into()),
             (other, _) => other,
@@ -317,11 +338,10 @@ pub(super) async fn start(
             } else {
                 rec.config.accepting_work_on_start
             };
-            st.modify(idx, |rec| {
+            st.transition_with(idx, LifecycleState::Running, now, |rec| {
                 rec.accepting = accepting;
                 rec.last_failure = None;
             });
-            st.transition(idx, LifecycleState::Running, now);
             st.set_ready(idx, ready, now);
             Ok(())
         });
@@ -379,38 +399,50 @@ pub(super) async fn start(
 
 /// Drains one worker (gate held). Never calls worker code.
 pub(super) fn drain(inner: &Arc<Inner>, idx: usize) -> Result<(), LifecycleError> {
-    inner
-        .mutate(|st, now| match st.workers[idx].lifecycle {
-            LifecycleState::Running => {
-                st.transition(idx, LifecycleState::Draining, now);
-                st.set_ready(idx, false, now);
-                st.modify(idx, |rec| rec.accepting = false);
-                Ok(())
-            }
-            LifecycleState::Draining => {
-                st.set_ready(idx, false, now);
-                st.modify(idx, |rec| rec.accepting = false);
-                Ok(())
-            }
-            _ => Err(invalid_state(inner, idx, st, Operation::Drain)),
-        })
-        .0
+    inner.mutate(|st, now| drain_locked(inner, st, idx, now)).0
 }
 
-/// Stops one worker (gate held), within its stop timeout and, if given, `budget`.
+/// The state change of a drain, under the state lock.
+fn drain_locked(
+    inner: &Inner,
+    st: &mut super::State,
+    idx: usize,
+    now: Timestamp,
+) -> Result<(), LifecycleError> {
+    match st.workers[idx].lifecycle {
+        LifecycleState::Running => {
+            st.transition_with(idx, LifecycleState::Draining, now, |rec| {
+                rec.accepting = false;
+            });
+            st.set_ready(idx, false, now);
+            Ok(())
+        }
+        LifecycleState::Draining => {
+            st.set_ready(idx, false, now);
+            st.modify(idx, |rec| rec.accepting = false);
+            Ok(())
+        }
+        _ => Err(invalid_state(inner, idx, st, Operation::Drain)),
+    }
+}
+
+/// Stops one worker (gate held), within its stop timeout and, if given, `budget` (measured at
+/// `now`). Returns the worker's qualified name when it stopped.
 pub(super) async fn stop(
     inner: &Arc<Inner>,
     idx: usize,
     budget: Option<Duration>,
+    now: Instant,
     timer: &mut Deadline,
-) -> (Result<(), LifecycleError>, Option<Payload>) {
+) -> (Result<Arc<str>, LifecycleError>, Option<Payload>) {
     let (begin, _) = inner.mutate(|st, now| {
         if !st.workers[idx].lifecycle.can_stop() {
             return Err(invalid_state(inner, idx, st, Operation::Stop));
         }
-        st.transition(idx, LifecycleState::Stopping, now);
+        st.transition_with(idx, LifecycleState::Stopping, now, |rec| {
+            rec.accepting = false;
+        });
         st.set_ready(idx, false, now);
-        st.modify(idx, |rec| rec.accepting = false);
         let rec = &st.workers[idx];
         rec.token.cancel();
         Ok((
@@ -425,6 +457,7 @@ pub(super) async fn stop(
         Err(err) => return (Err(err), None),
     };
     let mut budget = budget;
+    let mut now = now;
     if let Some(grace) = entry.commands.cancel_on_stop {
         // Admitted commands of this incarnation get `grace` to finish (never more than the
         // budget of a shutdown); the rest are cancelled. The grace spent comes out of the
@@ -433,6 +466,7 @@ pub(super) async fn stop(
         let graced = Instant::now();
         crate::command::pipeline::drain_incarnation(&entry, incarnation, grace).await;
         budget = budget.map(|b| b.saturating_sub(graced.elapsed()).max(STOP_FLOOR));
+        now = Instant::now();
     }
     // The worker's own stop is timed from here, after its commands' grace, and its context's
     // deadline says the same.
@@ -440,7 +474,6 @@ pub(super) async fn stop(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let deadline = limit.map(|t| Instant::now() + t);
     let check_task = entry
         .check_task
         .lock()
@@ -449,7 +482,9 @@ pub(super) async fn stop(
     if let Some(task) = check_task {
         // The check loop watches the stop signal, which has fired; it ends promptly.
         let _ = task.await;
+        now = Instant::now();
     }
+    let deadline = limit.map(|t| now + t);
     let ctx = WorkerContext::new(
         Arc::downgrade(inner),
         idx,
@@ -461,7 +496,7 @@ pub(super) async fn stop(
     let outcome = {
         let mut slot = entry.slot.lock().await;
         let outcome = match slot.as_mut() {
-            Some(worker) => guarded(limit, timer, worker.stop_dyn(ctx)).await,
+            Some(worker) => guarded(deadline, timer, worker.stop_dyn(ctx)).await,
             None => Outcome::Ok,
         };
         if matches!(outcome, Outcome::Ok) && entry.factory.is_some() {
@@ -485,7 +520,7 @@ pub(super) async fn stop(
             st.transition(idx, LifecycleState::Stopped, now);
             publish_exit_once(st, idx, incarnation, ExitReason::Stopped, None, now);
         });
-        return (Ok(()), None);
+        return (Ok(Arc::clone(&entry.qualified)), None);
     }
     let (failure, cause, reason, panic) = classify(
         &outcome,
@@ -580,36 +615,58 @@ pub(super) async fn start_all(inner: &Arc<Inner>) -> Result<(), LifecycleError> 
             return (Err(err), None);
         }
         let mut timer = Deadline::default();
-        for (idx, state) in snapshot_states(inner) {
-            match state {
-                LifecycleState::Running => {}
-                s if s.can_start() => {
-                    let (result, payload) = start(inner, idx, &mut timer).await;
-                    if let Err(err) = result {
-                        return (Err(err), payload);
+        // Loop tasks are spawned in batches (when a start waits, and at the end), not one by
+        // one between starts: see `worker::batched_loops`.
+        crate::worker::batched_loops(async {
+            for (idx, state) in snapshot_states(inner) {
+                match state {
+                    LifecycleState::Running => {}
+                    s if s.can_start() => {
+                        let (result, payload) = start(inner, idx, &mut timer).await;
+                        if let Err(err) = result {
+                            return (Err(err), payload);
+                        }
+                    }
+                    _ => {
+                        let err = {
+                            let st = inner.lock();
+                            invalid_state(inner, idx, &st, Operation::Start)
+                        };
+                        return (Err(err), None);
                     }
                 }
-                _ => {
-                    let err = {
-                        let st = inner.lock();
-                        invalid_state(inner, idx, &st, Operation::Start)
-                    };
-                    return (Err(err), None);
-                }
             }
-        }
-        (Ok(()), None)
+            (Ok(()), None)
+        })
+        .await
     })
     .await
 }
 
-/// Drains every running worker in registration order.
+/// Workers drained per hold of the state lock by `drain_all`: amortises the lock, the clock
+/// read and the publication of a commit, while bounding how long readers wait for the lock.
+const DRAIN_CHUNK: usize = 64;
+
+/// Drains every running worker in registration order, a chunk of workers per hold of the state
+/// lock. Each worker's drain is still committed on its own, in order, so the events (the
+/// worker's transition and readiness, then the runtime's when they change) come exactly as if
+/// each worker were drained alone; the chunk shares one timestamp.
 pub(super) fn drain_all(inner: &Arc<Inner>) {
-    for (idx, state) in snapshot_states(inner) {
-        if state == LifecycleState::Running {
-            // Running under the gate: nothing else can change its lifecycle meanwhile.
-            let _ = drain(inner, idx);
-        }
+    let running: Vec<usize> = snapshot_states(inner)
+        .into_iter()
+        .filter(|&(_, state)| state == LifecycleState::Running)
+        .map(|(idx, _)| idx)
+        .collect();
+    for chunk in running.chunks(DRAIN_CHUNK) {
+        inner.mutate(|st, now| {
+            for &idx in chunk {
+                // Drained under the gate: a worker running in the snapshot may have failed
+                // since (context calls are not gated); it is then skipped, as before.
+                if drain_locked(inner, st, idx, now).is_ok() {
+                    st.commit(now);
+                }
+            }
+        });
     }
 }
 
@@ -628,10 +685,11 @@ async fn stop_every(
         }
         // Every worker gets at least a short floor, even once the stop phase's budget is spent,
         // so one hung worker does not fail every worker stopped after it.
-        let budget = deadline.map(|d| d.saturating_duration_since(Instant::now()).max(STOP_FLOOR));
-        let (result, payload) = stop(inner, idx, budget, &mut timer).await;
+        let now = Instant::now();
+        let budget = deadline.map(|d| d.saturating_duration_since(now).max(STOP_FLOOR));
+        let (result, payload) = stop(inner, idx, budget, now, &mut timer).await;
         match result {
-            Ok(()) => stopped.push(inner.lock().workers[idx].entry.qualified.to_string()),
+            Ok(name) => stopped.push(name.to_string()),
             Err(err) => errors.push(err),
         }
         if first_payload.is_none() {

@@ -327,11 +327,26 @@ impl State {
 
     /// Moves a worker to `to`, recording the transition and queueing its event.
     pub(crate) fn transition(&mut self, idx: usize, to: LifecycleState, now: Timestamp) {
+        self.transition_with(idx, to, now, |_| {});
+    }
+
+    /// [`transition`](Self::transition), with `also` applied to the record in the same change
+    /// (one pass over the aggregate and the dispatch mirror instead of two; `also` runs first,
+    /// and the transition event reads the record after both).
+    pub(crate) fn transition_with(
+        &mut self,
+        idx: usize,
+        to: LifecycleState,
+        now: Timestamp,
+        also: impl FnOnce(&mut WorkerRecord),
+    ) {
         let from = self.workers[idx].lifecycle;
         if from == to {
+            self.modify(idx, also);
             return;
         }
         self.modify(idx, |rec| {
+            also(rec);
             rec.lifecycle = to;
             rec.last_transition = Some(Transition { from, to, at: now });
         });

@@ -1,11 +1,10 @@
 //! `LoopWorker`: "run this loop until asked to stop".
 
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::task::JoinHandle;
 
 use crate::failure::{self, BoxError, Failure, PanicError};
 use crate::observe::BoxFuture;
@@ -39,6 +38,118 @@ struct Cleanup {
     failed: bool,
     /// The loop function of the current run has returned (its task may still be cleaning up).
     exited: bool,
+    /// The current run's loop task has not finished (it may not have been spawned yet, see
+    /// [`batched`]). What a `JoinHandle` would say, without needing the task to exist.
+    running: bool,
+}
+
+/// What a loop worker shares with its loop task.
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<Cleanup>,
+    /// Notified when a run's task finishes (`Cleanup::running` goes false).
+    finished: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cleanup> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn is_running(&self) -> bool {
+        self.lock().running
+    }
+
+    /// Completes once the current run's task has finished (at once if there is none).
+    async fn wait_finished(&self) {
+        loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            if !self.is_running() {
+                return;
+            }
+            finished.await;
+        }
+    }
+}
+
+/// Marks a run's task finished when dropped: when the task ends, or when it is dropped without
+/// ending (the tokio runtime shut down, or a batched launch that never happened).
+struct Finish(Arc<Shared>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        self.0.lock().running = false;
+        self.0.finished.notify_waiters();
+    }
+}
+
+/// One loop run, ready to be spawned as its own task.
+pub(crate) struct LoopRun {
+    run: LoopFn,
+    on_stop: Option<LoopFn>,
+    cleanup_timeout: Duration,
+    ctx: WorkerContext,
+    finish: Finish,
+}
+
+impl LoopRun {
+    fn launch(self) {
+        let ctx = self.ctx.clone();
+        ctx.spawn_loop(run_loop(self));
+    }
+}
+
+tokio::task_local! {
+    /// Loop runs launched by the bulk start running in this task, not spawned yet.
+    static BATCH: RefCell<Vec<LoopRun>>;
+}
+
+/// Runs `future` (a bulk start) with loop launches batched: each loop task is spawned when the
+/// future next waits (see [`flush`]) or ends, rather than at once.
+///
+/// Spawning from a worker thread puts the new task in the thread's LIFO slot and moves the one
+/// it held to the run queue, waking an idle worker thread to steal it: one cross-thread wake-up
+/// per worker when starts and spawns interleave. Spawned back to back, like plain tasks, the
+/// loops cost a few wake-ups in all. Until it is spawned, a loop could not have run anyway
+/// (the task starting the workers does not yield while their starts complete at once), and a
+/// start that waits flushes the batch first, so a worker's start can always wait for an
+/// earlier worker's loop.
+pub(crate) async fn batched<F: Future>(future: F) -> F::Output {
+    BATCH
+        .scope(RefCell::new(Vec::new()), async move {
+            let output = future.await;
+            flush();
+            output
+        })
+        .await
+}
+
+/// Spawns the loops batched in this task so far (nothing outside [`batched`]). Called by the
+/// runtime whenever worker code it runs in a batch waits.
+pub(crate) fn flush() {
+    let runs = BATCH
+        .try_with(|batch| std::mem::take(&mut *batch.borrow_mut()))
+        .unwrap_or_default();
+    for run in runs {
+        run.launch();
+    }
+}
+
+/// Launches `run` now, or batches it when called inside [`batched`].
+fn launch(run: LoopRun) {
+    let mut run = Some(run);
+    let _ = BATCH.try_with(|batch| {
+        if let (Ok(mut batch), Some(queued)) = (batch.try_borrow_mut(), run.take()) {
+            batch.push(queued);
+        }
+    });
+    if let Some(run) = run {
+        run.launch();
+    }
 }
 
 /// A worker that runs a loop in its own task until asked to stop.
@@ -78,13 +189,12 @@ pub struct LoopWorker {
     on_stop: Option<LoopFn>,
     auto_ready: bool,
     cleanup_timeout: Duration,
-    task: Option<JoinHandle<()>>,
-    /// The stop signal of the incarnation whose loop `task` runs.
+    /// The stop signal of the incarnation whose loop runs (or ran last).
     previous: Option<StopSignal>,
     /// A stop began joining the loop and did not finish (its future was dropped at the stop
     /// timeout).
     join_timed_out: bool,
-    cleanup: Arc<Mutex<Cleanup>>,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for LoopWorker {
@@ -92,10 +202,7 @@ impl fmt::Debug for LoopWorker {
         f.debug_struct("LoopWorker")
             .field("auto_ready", &self.auto_ready)
             .field("cleanup_timeout", &self.cleanup_timeout)
-            .field(
-                "running",
-                &self.task.as_ref().is_some_and(|t| !t.is_finished()),
-            )
+            .field("running", &self.shared.is_running())
             .finish_non_exhaustive()
     }
 }
@@ -121,10 +228,9 @@ impl LoopWorker {
             on_stop: None,
             auto_ready: true,
             cleanup_timeout: DEFAULT_CLEANUP_TIMEOUT,
-            task: None,
             previous: None,
             join_timed_out: false,
-            cleanup: Arc::new(Mutex::new(Cleanup::default())),
+            shared: Arc::new(Shared::default()),
         }
     }
 
@@ -164,9 +270,7 @@ impl LoopWorker {
     }
 
     fn cleanup_state(&self) -> std::sync::MutexGuard<'_, Cleanup> {
-        self.cleanup
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.shared.lock()
     }
 }
 
@@ -178,16 +282,19 @@ fn cleanup_error(err: BoxError) -> BoxError {
     )
 }
 
-/// The loop task: runs the loop, then classifies its exit.
-async fn run_loop(
-    run: LoopFn,
-    on_stop: Option<LoopFn>,
-    cleanup: Arc<Mutex<Cleanup>>,
-    cleanup_timeout: Duration,
-    ctx: WorkerContext,
-) {
+/// The loop task: runs the loop, then classifies its exit. The run counts as finished when this
+/// future is dropped (`LoopRun::finish`).
+async fn run_loop(loop_run: LoopRun) {
+    let LoopRun {
+        run,
+        on_stop,
+        cleanup_timeout,
+        ctx,
+        finish,
+    } = loop_run;
+    let cleanup = &finish.0;
     let result = CatchUnwind::new(run(ctx.clone())).await;
-    lock(&cleanup).exited = true;
+    cleanup.lock().exited = true;
     let requested = ctx.is_stop_requested();
     let failing = match result {
         Ok(Ok(())) if requested => return,
@@ -224,13 +331,13 @@ async fn run_loop(
         return;
     }
     let Some(hook) = on_stop else {
-        lock(&cleanup).done = true;
+        cleanup.lock().done = true;
         return;
     };
     // Boxed: the cleanup's timer would otherwise make every loop task larger, idle or not.
     Box::pin(clean_up_after_failure(
         hook,
-        cleanup,
+        Arc::clone(cleanup),
         cleanup_timeout,
         ctx,
         inner,
@@ -241,7 +348,7 @@ async fn run_loop(
 /// The automatic cleanup after a failed loop, bounded by the cleanup timeout.
 async fn clean_up_after_failure(
     hook: LoopFn,
-    cleanup: Arc<Mutex<Cleanup>>,
+    cleanup: Arc<Shared>,
     cleanup_timeout: Duration,
     ctx: WorkerContext,
     inner: Arc<crate::runtime::Inner>,
@@ -249,7 +356,7 @@ async fn clean_up_after_failure(
     let outcome = tokio::time::timeout(cleanup_timeout, CatchUnwind::new(hook(ctx.clone()))).await;
     let failing = match outcome {
         Ok(Ok(Ok(()))) => {
-            let mut state = lock(&cleanup);
+            let mut state = cleanup.lock();
             state.done = true;
             state.failed = false;
             return;
@@ -282,31 +389,25 @@ async fn clean_up_after_failure(
             }
         }
     };
-    lock(&cleanup).failed = true;
+    cleanup.lock().failed = true;
     ops::observe_failure(&inner, ctx.index(), ctx.incarnation(), failing);
-}
-
-fn lock(cleanup: &Mutex<Cleanup>) -> std::sync::MutexGuard<'_, Cleanup> {
-    cleanup
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Worker for LoopWorker {
     async fn start(&mut self, ctx: WorkerContext) -> Result<(), BoxError> {
-        if let Some(task) = self.task.as_mut().filter(|t| !t.is_finished()) {
+        if self.shared.is_running() {
             // A stop that timed out while joining this loop means it ignores its stop signal:
             // refuse at once. Otherwise a loop told to stop is on its way out.
             let told_to_stop = !self.join_timed_out
                 && self.previous.as_ref().is_some_and(StopSignal::is_triggered);
-            if lock(&self.cleanup).exited || told_to_stop {
+            if self.cleanup_state().exited || told_to_stop {
                 // The previous loop has returned and its automatic cleanup is still running
                 // (bounded by the cleanup timeout), or its incarnation ended and it is on its
                 // way out: wait for it (bounded by the start timeout) rather than refuse.
-                let _ = task.await;
+                self.shared.wait_finished().await;
             }
         }
-        if self.task.as_ref().is_some_and(|t| !t.is_finished()) {
+        if self.shared.is_running() {
             return Err(failure::with_failure(
                 LoopError::Active,
                 "loop_worker_active",
@@ -320,7 +421,6 @@ impl Worker for LoopWorker {
                 "loop worker cleanup pending",
             ));
         }
-        self.task = None;
         {
             let mut state = self.cleanup_state();
             state.done = false;
@@ -332,16 +432,17 @@ impl Worker for LoopWorker {
         if !self.auto_ready {
             ctx.set_ready(false)?;
         }
-        // The loop outlives the start call: its context does not carry the start's deadline.
-        let task = run_loop(
-            Arc::clone(&self.run),
-            self.on_stop.clone(),
-            Arc::clone(&self.cleanup),
-            self.cleanup_timeout,
-            ctx.without_deadline(),
-        );
-        self.task = Some(ctx.spawn_loop(task));
         self.previous = Some(ctx.stop_signal());
+        // Running from here until the loop task finishes, whether or not it is spawned yet.
+        self.cleanup_state().running = true;
+        // The loop outlives the start call: its context does not carry the start's deadline.
+        launch(LoopRun {
+            run: Arc::clone(&self.run),
+            on_stop: self.on_stop.clone(),
+            cleanup_timeout: self.cleanup_timeout,
+            ctx: ctx.without_deadline(),
+            finish: Finish(Arc::clone(&self.shared)),
+        });
         // With auto-ready, readiness follows the spec's `ready_on_start` (default true) when the
         // start succeeds; a readiness check, when the worker has one, decides instead.
         Ok(())
@@ -356,13 +457,12 @@ impl Worker for LoopWorker {
                 state.failed = true;
             }
         }
-        if let Some(task) = self.task.as_mut() {
-            // If the runtime's stop timeout drops this future here, the handle stays and the
-            // next stop joins the same loop.
+        if self.shared.is_running() {
+            // If the runtime's stop timeout drops this future here, the loop stays running and
+            // the next stop joins it.
             self.join_timed_out = true;
-            let _ = task.await;
+            self.shared.wait_finished().await;
             self.join_timed_out = false;
-            self.task = None;
         }
         {
             let mut state = self.cleanup_state();
