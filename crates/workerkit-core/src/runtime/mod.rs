@@ -487,11 +487,15 @@ impl Runtime {
     ///
     /// [`DispatchError::is_rejection`]: crate::command::DispatchError::is_rejection
     /// [`DispatchError::Failed`]: crate::command::DispatchError::Failed
-    pub async fn dispatch(
+    // Not an `async fn`: it returns the pipeline's future itself, so awaiting a dispatch does
+    // not poll (and move the request and the pipeline's state through) a wrapping future.
+    pub fn dispatch(
         &self,
         request: crate::command::CommandRequest,
-    ) -> Result<crate::command::CommandResult, crate::command::DispatchError> {
-        crate::command::pipeline::dispatch(&self.inner, request).await
+    ) -> impl Future<Output = Result<crate::command::CommandResult, crate::command::DispatchError>>
+    + Send
+    + '_ {
+        crate::command::pipeline::dispatch(&self.inner, request)
     }
 
     /// A worker's commands, sorted by name; `None` for an unknown worker (lenient lookup, like
