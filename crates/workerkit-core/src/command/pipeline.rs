@@ -70,7 +70,7 @@ pub(crate) async fn dispatch(
         First::Admitted(admission) => Ok(admission),
         First::Rejected(err) => Err(err),
         // Boxed: the waiting loop's futures would otherwise make every dispatch's future larger.
-        First::Wait(request) => Box::pin(admit(inner, &entry, command, *request, id, began))
+        First::Wait(request) => Box::pin(admit(inner, entry, command, *request, id, began))
             .await
             .map_err(Box::new),
     };
@@ -90,7 +90,7 @@ pub(crate) async fn dispatch(
     };
     let mut guard = InFlight {
         inner,
-        entry: &entry,
+        entry,
         slot: admission.slot,
         runtime_slot: admission.runtime_slot,
         released: false,
@@ -133,10 +133,10 @@ pub(crate) async fn dispatch(
             Ok(response) => break Ok(response),
             Err(failed) => failed,
         };
-        let (failure, cause, panic) = failed.present(&entry, command);
+        let (failure, cause, panic) = failed.present(entry, command);
         record_failure(
             inner,
-            &entry,
+            entry,
             incarnation,
             &command.name,
             id,
@@ -265,8 +265,9 @@ pub(crate) async fn dispatch(
 }
 
 /// What [`begin`] resolved and decided.
-struct Begun {
-    entry: Arc<WorkerEntry>,
+struct Begun<'a> {
+    /// Borrowed from the registry, which lives as long as the runtime.
+    entry: &'a WorkerEntry,
     /// The command's position in `entry.commands.sorted`.
     command: usize,
     id: DispatchId,
@@ -290,13 +291,13 @@ fn begin(
     inner: &Inner,
     mut request: CommandRequest,
     began: Instant,
-) -> Result<Begun, DispatchError> {
+) -> Result<Begun<'_>, DispatchError> {
     let started_at = Timestamp::now();
     request.stamp(started_at);
 
     // Resolve. Names are validated only on a miss: a hit is valid by construction. Nothing is
     // observed yet, so caller-supplied strings never become telemetry dimensions.
-    let Some(entry) = inner.find_worker(request.worker()) else {
+    let Some(entry) = inner.find_worker(request.worker()).map(|entry| &**entry) else {
         return Err(match validate_worker_name(request.worker()) {
             Err(error) => DispatchError::InvalidTarget {
                 error,
@@ -342,7 +343,7 @@ fn begin(
     };
 
     let mut request = Some(request);
-    let first = match check(inner, &entry, command, &mut request, id, began, false, None) {
+    let first = match check(inner, entry, command, &mut request, id, began, false, None) {
         Step::Admitted(admission) => First::Admitted(admission),
         Step::Rejected(err) => First::Rejected(Box::new(err)),
         Step::Saturated { scope, limit } if command.admission == AdmissionMode::FailFast => {

@@ -2,6 +2,7 @@
 
 mod builder;
 pub(crate) mod ops;
+mod registry;
 mod state;
 
 use std::future::Future;
@@ -54,10 +55,8 @@ pub(crate) struct Inner {
     changes: watch::Sender<u64>,
     /// The sequence number of the last event delivered to observers.
     delivered: watch::Sender<u64>,
-    /// Workers by local name, readable without the state lock (for dispatch).
-    registry: std::sync::RwLock<
-        std::collections::HashMap<Arc<str>, Arc<WorkerEntry>, crate::name::NameHash>,
-    >,
+    /// Workers by local name, readable without any lock (for dispatch).
+    registry: registry::Registry,
     /// Command admission, mirrored from the state at every commit: bit 7 set = open, low bits =
     /// the aggregate state's index.
     admission: std::sync::atomic::AtomicU8,
@@ -184,18 +183,15 @@ impl Inner {
         (word & 0x80 != 0, state)
     }
 
-    /// Looks a worker up by local or qualified name without the state lock.
-    pub(crate) fn find_worker(&self, name: &str) -> Option<Arc<WorkerEntry>> {
+    /// Looks a worker up by local or qualified name without any lock, and without writing
+    /// to shared memory (no reference count is touched: the entry is borrowed).
+    pub(crate) fn find_worker(&self, name: &str) -> Option<&Arc<WorkerEntry>> {
         let local = match name.split_once('/') {
             Some((rt, local)) if rt == &*self.name => local,
             Some(_) => return None,
             None => name,
         };
-        self.registry
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(local)
-            .cloned()
+        self.registry.get(local)
     }
 
     /// Every worker, in registration order.
@@ -328,7 +324,7 @@ impl Runtime {
                 observers: Observers::new(observers),
                 changes: watch::Sender::new(0),
                 delivered: watch::Sender::new(0),
-                registry: std::sync::RwLock::new(std::collections::HashMap::default()),
+                registry: registry::Registry::new(),
                 admission: std::sync::atomic::AtomicU8::new(0),
                 command_limit: crate::command::RuntimeLimit::new(command_concurrency),
                 tracker: TaskTracker::new(),
@@ -450,11 +446,8 @@ impl Runtime {
                 mirrored: (0, LifecycleState::Registered, false),
             };
             st.add_worker(record);
-            inner
-                .registry
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(local, entry);
+            // Under the state lock: registry insertions are serialised.
+            inner.registry.insert(entry);
             Ok(())
         });
         result
@@ -494,11 +487,15 @@ impl Runtime {
     ///
     /// [`DispatchError::is_rejection`]: crate::command::DispatchError::is_rejection
     /// [`DispatchError::Failed`]: crate::command::DispatchError::Failed
-    pub async fn dispatch(
+    // Not an `async fn`: it returns the pipeline's future itself, so awaiting a dispatch does
+    // not poll (and move the request and the pipeline's state through) a wrapping future.
+    pub fn dispatch(
         &self,
         request: crate::command::CommandRequest,
-    ) -> Result<crate::command::CommandResult, crate::command::DispatchError> {
-        crate::command::pipeline::dispatch(&self.inner, request).await
+    ) -> impl Future<Output = Result<crate::command::CommandResult, crate::command::DispatchError>>
+    + Send
+    + '_ {
+        crate::command::pipeline::dispatch(&self.inner, request)
     }
 
     /// A worker's commands, sorted by name; `None` for an unknown worker (lenient lookup, like
