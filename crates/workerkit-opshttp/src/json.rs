@@ -50,15 +50,20 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         return Ok(());
     };
     let essence = value
-        .to_str()
-        .unwrap_or_default()
-        .split(';')
+        .as_bytes()
+        .split(|b| *b == b';')
         .next()
         .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+        .trim_ascii();
+    let has_prefix = |prefix: &[u8]| {
+        essence.len() >= prefix.len() && essence[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    let has_suffix = |suffix: &[u8]| {
+        essence.len() >= suffix.len()
+            && essence[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    if essence.eq_ignore_ascii_case(b"application/json")
+        || (has_prefix(b"application/") && has_suffix(b"+json"))
     {
         Ok(())
     } else {

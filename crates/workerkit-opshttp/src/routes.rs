@@ -189,12 +189,15 @@ const FORWARDED_HEADERS: [&str; 3] = ["traceparent", "tracestate", "baggage"];
 
 pub(crate) async fn post_dispatch<R: Dispatch>(
     State(s): St<R>,
-    rid: RequestId,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
+    // The request whole, not a `HeaderMap` extractor: that would clone every header (this is
+    // the hot route).
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let rid = RequestId::from_headers(headers);
     let result = async {
-        check_content_type(&headers)?;
+        check_content_type(headers)?;
         let bytes = read_body(body, s.body_limit).await?;
         let body: DispatchBody = decode(&bytes, "dispatch request")?;
         let mut request = CommandRequest::new(body.worker, body.name).maybe_payload(body.payload);
