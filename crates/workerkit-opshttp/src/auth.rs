@@ -38,7 +38,7 @@ pub struct BearerAuthLayer {
 }
 
 impl BearerAuthLayer {
-    /// A layer accepting exactly this token.
+    /// A layer accepting exactly this token. An empty token accepts nothing.
     pub fn new(token: impl AsRef<[u8]>) -> Self {
         Self {
             token: token.as_ref().into(),
@@ -91,7 +91,10 @@ impl<S> BearerAuth<S> {
         else {
             return false;
         };
-        scheme.eq_ignore_ascii_case(b"bearer") && bool::from(token.ct_eq(&self.token))
+        // An empty configured token never matches: `Bearer ` must not open the door.
+        !self.token.is_empty()
+            && scheme.eq_ignore_ascii_case(b"bearer")
+            && bool::from(token.ct_eq(&self.token))
     }
 }
 

@@ -26,6 +26,8 @@ pub mod code {
     pub const INVALID_TARGET: &str = "invalid_target";
     /// 400: a command name with invalid syntax.
     pub const INVALID_COMMAND_NAME: &str = "invalid_command_name";
+    /// 400: the command's payload does not decode into what its handler takes.
+    pub const INVALID_PAYLOAD: &str = "invalid_payload";
     /// 400: a dispatch id that does not parse.
     pub const INVALID_DISPATCH_ID: &str = "invalid_dispatch_id";
     /// 401: missing or wrong credentials.
@@ -80,6 +82,9 @@ pub mod code {
     /// finish in the background; read the status).
     pub const LIFECYCLE_TIMED_OUT: &str = "lifecycle_timed_out";
 }
+
+/// Core's public failure code for a payload that does not decode (`json_handler`).
+const INVALID_PAYLOAD: &str = "invalid_payload";
 
 /// An error answer: status, stable code, a message that is safe to show (never a handler's or
 /// worker's own error text), and an optional `Retry-After`.
@@ -210,6 +215,13 @@ impl ApiError {
                 "command cancelled",
             ),
             E::Panicked { .. } => Self::internal(code::COMMAND_PANICKED),
+            // The payload did not decode into the handler's type (`json_handler`): the caller's
+            // mistake, and core's own public code, not the handler's text.
+            E::Failed { failure, .. } if failure.code() == INVALID_PAYLOAD => Self::new(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_PAYLOAD,
+                "invalid command payload",
+            ),
             // `Failed`, and any variant added later: a 500 that says nothing.
             _ => Self::internal(code::COMMAND_FAILED),
         };
@@ -271,6 +283,10 @@ impl ApiError {
                         code::INVALID_WORKER_STATE,
                         "invalid worker state",
                     )
+                } else if errors.iter().all(|e| matches!(e, E::StartFailed { .. })) {
+                    Self::internal(code::START_FAILED)
+                } else if errors.iter().all(|e| matches!(e, E::StopFailed { .. })) {
+                    Self::internal(code::STOP_FAILED)
                 } else {
                     Self::internal(code::INTERNAL)
                 }

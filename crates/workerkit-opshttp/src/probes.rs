@@ -124,6 +124,7 @@ where
     Router::new()
         .route("/livez", get(livez::<R>))
         .route("/readyz", get(readyz::<R>))
+        .method_not_allowed_fallback(crate::routes::method_not_allowed)
         .with_state(Arc::new(Probes { runtime, serving }))
 }
 

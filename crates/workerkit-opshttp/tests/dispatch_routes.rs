@@ -289,3 +289,39 @@ async fn nothing_admitted_is_lost_when_the_client_goes_away() {
     let again = dispatch(&app, "echo", "echo").await;
     assert_eq!(again.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn a_payload_that_does_not_decode_is_400_invalid_payload() {
+    #[derive(serde::Deserialize)]
+    struct Sleep {
+        #[allow(dead_code)]
+        ms: u64,
+    }
+    let rt = Runtime::builder("p").build().unwrap();
+    rt.register(
+        workerkit_core::WorkerSpec::new("w", workerkit_core::worker_fn(|_| async { Ok(()) }))
+            .command(workerkit_core::CommandSpec::new(
+                "sleep",
+                workerkit_core::command::json_handler(|_ctx, _sleep: Sleep| async {
+                    Ok::<_, workerkit_core::failure::BoxError>(())
+                }),
+            )),
+    )
+    .unwrap();
+    rt.start_all().await.unwrap();
+    let app = OpsHttp::new(rt).enable_dispatch().router();
+    for body in [
+        r#"{"worker":"w","name":"sleep"}"#,
+        r#"{"worker":"w","name":"sleep","payload":{"ms":"soon"}}"#,
+    ] {
+        let reply = post(&app, "/admin/commands/dispatch", body).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_payload");
+    }
+    let ok = post(
+        &app,
+        "/admin/commands/dispatch",
+        r#"{"worker":"w","name":"sleep","payload":{"ms":1}}"#,
+    )
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.raw);
+}

@@ -273,3 +273,24 @@ async fn each_group_gets_only_its_own_layers() {
         assert!(reply.header("x-request-id").is_some());
     }
 }
+
+#[tokio::test]
+async fn an_empty_token_opens_nothing() {
+    let rt = runtime(&Gates::default());
+    rt.start_all().await.unwrap();
+    let app = OpsHttp::new(rt)
+        .enable_dispatch()
+        .dispatch_layer(BearerAuthLayer::new(""))
+        .router();
+    for authorization in ["Bearer ", "Bearer"] {
+        let reply = send(
+            &app,
+            Request::post("/admin/commands/dispatch")
+                .header("authorization", authorization)
+                .body(Body::from(r#"{"worker":"echo","name":"echo"}"#))
+                .unwrap(),
+        )
+        .await;
+        assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+}

@@ -103,3 +103,12 @@ async fn livez_is_ok_until_the_runtime_fails() {
     );
     assert!(!reply.raw.contains("disk gone"), "the cause stays private");
 }
+
+#[tokio::test]
+async fn a_wrong_method_on_a_probe_is_a_json_405() {
+    let app: Router = workerkit_opshttp::probes(runtime(&Gates::default()));
+    let reply = support::post(&app, "/readyz", "").await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.code(), "method_not_allowed");
+    assert!(reply.header("allow").unwrap().contains("GET"));
+}
