@@ -375,3 +375,91 @@ fn a_second_signal_forces_the_stop() {
         forced_at.elapsed()
     );
 }
+
+/// `http` with an `Authorization: Bearer` header.
+fn http_with_token(addr: SocketAddr, path: &str, body: &str, token: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, response)
+}
+
+#[test]
+fn the_token_guards_mutating_routes_and_echo_admits_eight_at_once() {
+    let mut demo = Demo::start(&[("WORKERKIT_DEMO_TOKEN", "s3cret")]);
+    let addr = demo.addr();
+    let echo = r#"{"worker":"echo","name":"echo","payload":{"n":1}}"#;
+    let (status, body) =
+        http(addr, "POST", "/admin/commands/dispatch", Some(echo)).expect("answer");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains(r#""code":"unauthorized""#), "{body}");
+    let (status, body) = http_with_token(addr, "/admin/commands/dispatch", echo, "wrong");
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http_with_token(addr, "/admin/commands/dispatch", echo, "s3cret");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""payload":{"n":1}"#), "{body}");
+    // Read routes stay open.
+    let (status, _) = http(addr, "GET", "/admin/workers/echo", None).expect("answer");
+    assert_eq!(status, 200);
+
+    // `fail` answers 500 and its fake secret stays in the process.
+    let fail = r#"{"worker":"echo","name":"fail"}"#;
+    let (status, body) = http_with_token(addr, "/admin/commands/dispatch", fail, "s3cret");
+    assert_eq!(status, 500, "{body}");
+    assert!(!body.contains("hunter2"), "{body}");
+
+    // Eight sleeps fill echo's limit; the ninth is refused at once with a retry hint.
+    let sleeps: Vec<_> = (0..8)
+        .map(|_| {
+            thread::spawn(move || {
+                let body = r#"{"worker":"echo","name":"sleep","payload":{"ms":1500}}"#;
+                http_with_token(addr, "/admin/commands/dispatch", body, "s3cret")
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + STARTUP_LIMIT;
+    loop {
+        let (_, body) = http(addr, "GET", "/admin/commands/inflight", None).expect("inflight");
+        if body.matches(r#""command":"sleep""#).count() == 8 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "eight sleeps never in flight: {body}"
+        );
+        thread::yield_now();
+    }
+    let ninth = r#"{"worker":"echo","name":"sleep","payload":{"ms":1}}"#;
+    let (status, response) = http_with_token(addr, "/admin/commands/dispatch", ninth, "s3cret");
+    assert_eq!(status, 429, "{response}");
+    assert!(
+        response.to_ascii_lowercase().contains("retry-after: 1"),
+        "{response}"
+    );
+    assert!(response.contains(r#""code":"saturated""#), "{response}");
+    for sleep in sleeps {
+        let (status, body) = sleep.join().expect("client thread");
+        assert_eq!(status, 200, "{body}");
+    }
+    demo.signal("TERM");
+    assert_eq!(
+        demo.wait_exit(SHUTDOWN_LIMIT).code(),
+        Some(0),
+        "{}",
+        demo.output()
+    );
+}
