@@ -32,6 +32,7 @@ use crate::command::{
     InFlightCommand,
 };
 use crate::error::{LifecycleError, ShutdownError, ShutdownReport};
+use crate::observe::EventStream;
 use crate::runtime::ShutdownOptions;
 use crate::status::{Liveness, Readiness, RuntimeStatus, WorkerSnapshot, WorkerStatus};
 
@@ -55,6 +56,8 @@ pub trait Inspect: Send + Sync {
     fn readiness(&self) -> Readiness;
     /// Whether the process should be restarted, and why.
     fn liveness(&self) -> Liveness;
+    /// Every lifecycle transition from now on; see [`Runtime::events`].
+    fn events(&self) -> EventStream;
 }
 
 /// Command dispatch and cancellation.
@@ -141,6 +144,9 @@ impl Inspect for Runtime {
     }
     fn liveness(&self) -> Liveness {
         Self::liveness(self)
+    }
+    fn events(&self) -> EventStream {
+        Self::events(self)
     }
 }
 

@@ -276,6 +276,7 @@ where
             body_limit: self.body_limit,
             lifecycle_timeout: self.lifecycle_timeout,
             worker_idle_timeout: self.worker_idle_timeout,
+            serving: self.serving.clone(),
         });
 
         let mut read: Group<R> = Router::new()
@@ -287,7 +288,8 @@ where
                 &self.path("commands/inflight"),
                 get(routes::get_in_flight::<R>),
             )
-            .route(&self.path("diagram"), get(routes::get_diagram::<R>));
+            .route(&self.path("diagram"), get(routes::get_diagram::<R>))
+            .route(&self.path("events"), get(routes::get_events::<R>));
         if self.lifecycle {
             // `/workers/start` and friends are static paths, which win over `/workers/{name}`:
             // serve a worker named like a verb from them too.

@@ -19,7 +19,13 @@ use crate::json::response;
 /// so load balancers stop sending traffic while requests in flight finish — or by you, if you
 /// run the server yourself. Cheap to clone; all clones share one flag.
 #[derive(Clone, Debug, Default)]
-pub struct ServingState(Arc<AtomicBool>);
+pub struct ServingState(Arc<ServingInner>);
+
+#[derive(Debug, Default)]
+struct ServingInner {
+    shutting_down: AtomicBool,
+    notify: tokio::sync::Notify,
+}
 
 impl ServingState {
     /// A state that is not shutting down.
@@ -28,15 +34,31 @@ impl ServingState {
         Self::default()
     }
 
-    /// Marks the process as shutting down: `/readyz` answers 503 from now on. Irreversible.
+    /// Marks the process as shutting down: `/readyz` answers 503 from now on, and event
+    /// streams (`GET {p}/events`) end, so they do not hold up the HTTP drain. Irreversible.
     pub fn begin_shutdown(&self) {
-        self.0.store(true, Ordering::Release);
+        if !self.0.shutting_down.swap(true, Ordering::AcqRel) {
+            self.0.notify.notify_waiters();
+        }
     }
 
     /// Whether [`begin_shutdown`](Self::begin_shutdown) was called.
     #[must_use]
     pub fn is_shutting_down(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Completes once [`begin_shutdown`](Self::begin_shutdown) was called.
+    pub async fn shutting_down(&self) {
+        loop {
+            let notified = self.0.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_shutting_down() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

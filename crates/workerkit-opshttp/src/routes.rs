@@ -27,6 +27,7 @@ pub(crate) struct Shared<R> {
     pub(crate) body_limit: usize,
     pub(crate) lifecycle_timeout: Option<Duration>,
     pub(crate) worker_idle_timeout: Duration,
+    pub(crate) serving: crate::ServingState,
 }
 
 pub(crate) type St<R> = State<Arc<Shared<R>>>;
@@ -138,6 +139,41 @@ pub(crate) async fn get_commands<R: Inspect>(
 
 pub(crate) async fn get_in_flight<R: Inspect>(State(s): St<R>) -> Response {
     ok(s.runtime.in_flight())
+}
+
+/// The event stream as Server-Sent Events: one `transition` event per lifecycle transition
+/// (`id` = its `seq`, data = the transition as JSON: worker, from, to, reason, at), a comment
+/// `lagged N` when this client fell behind and missed N, keep-alive comments, and the end of the
+/// stream when shutdown begins (so an open stream never holds up the HTTP drain).
+pub(crate) async fn get_events<R: Inspect>(State(s): St<R>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let stream = s.runtime.events();
+    let serving = s.serving.clone();
+    let events = futures_util::stream::unfold(
+        (stream, serving, 0_u64),
+        |(mut stream, serving, reported_lag)| async move {
+            let next = tokio::select! {
+                () = serving.shutting_down() => None,
+                next = stream.recv() => next,
+            }?;
+            let data = serde_json::to_string(&next).ok()?;
+            let mut event = Event::default()
+                .event("transition")
+                .id(next.seq.to_string())
+                .data(data);
+            let lagged = stream.lagged();
+            if lagged > reported_lag {
+                event = event.comment(format!("lagged {lagged}"));
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (stream, serving, lagged),
+            ))
+        },
+    );
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// The runtime as a Mermaid flowchart, as text (not enveloped: paste it where Mermaid renders).

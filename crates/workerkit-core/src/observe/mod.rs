@@ -25,6 +25,7 @@
 //! [`WorkerContext`]: crate::WorkerContext
 
 mod event;
+mod stream;
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -37,6 +38,7 @@ pub use event::{
     CommandStartEvent, FailureEvent, Operation, OperationEvent, OperationPhase, ReadinessEvent,
     TransitionEvent,
 };
+pub use stream::{EVENT_STREAM_CAPACITY, EventStream, StreamEvent};
 
 /// A boxed future, as returned by [`Observer::shutdown`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) ops_tracker: TaskTracker,
     /// Fired by [`Runtime::force_shutdown`]: a shutdown stops waiting for in-flight commands.
     pub(crate) force: crate::task::Signal,
+    /// The event stream's sender ([`Runtime::events`]).
+    pub(crate) stream: tokio::sync::broadcast::Sender<crate::observe::StreamEvent>,
 }
 
 impl Inner {
@@ -150,10 +152,34 @@ impl Inner {
                 if !self.observers.is_empty() {
                     self.observers.emit(event);
                 }
+                if let crate::observe::Event::Transition(t) = event {
+                    self.stream_transition(t);
+                }
                 last = event.seq();
             }
             self.delivered.send_replace(last);
         }
+    }
+
+    /// Sends a transition to the event stream's subscribers, if there are any.
+    fn stream_transition(&self, t: &crate::observe::TransitionEvent) {
+        if self.stream.receiver_count() == 0 {
+            return;
+        }
+        let reason = match (&t.worker, t.to) {
+            (Some(worker), LifecycleState::Failed) => self.lock().last_failure_code(worker),
+            _ => None,
+        };
+        let _ = self.stream.send(crate::observe::StreamEvent {
+            seq: t.seq,
+            runtime: Arc::clone(&t.runtime),
+            worker: t.worker.clone(),
+            incarnation: t.incarnation,
+            from: t.from,
+            to: t.to,
+            reason,
+            at: t.at,
+        });
     }
 
     /// Waits until every event up to `seq` has been delivered.
@@ -330,6 +356,7 @@ impl Runtime {
                 tracker: TaskTracker::new(),
                 ops_tracker: TaskTracker::new(),
                 force: crate::task::Signal::new(),
+                stream: tokio::sync::broadcast::Sender::new(crate::observe::EVENT_STREAM_CAPACITY),
             }),
         }
     }
@@ -620,6 +647,17 @@ impl Runtime {
             live: reasons.is_empty(),
             reasons,
         }
+    }
+
+    /// Every lifecycle transition from now on, in order (`seq`), for any number of subscribers,
+    /// with bounded memory: a subscriber more than
+    /// [`EVENT_STREAM_CAPACITY`](crate::observe::EVENT_STREAM_CAPACITY) transitions behind
+    /// skips the oldest and counts them ([`EventStream::lagged`](crate::observe::EventStream::lagged)).
+    #[must_use]
+    pub fn events(&self) -> crate::observe::EventStream {
+        let rx = self.inner.stream.subscribe();
+        self.inner.lock().observe();
+        crate::observe::EventStream::new(rx)
     }
 
     /// A change feed: wakes on every committed change of any status.

@@ -303,6 +303,20 @@ impl State {
         result
     }
 
+    /// Builds events from now on (an event stream subscribed), even without observers.
+    pub(crate) fn observe(&mut self) {
+        self.observed = true;
+    }
+
+    /// The public failure code of a worker's last failure, by qualified name.
+    pub(crate) fn last_failure_code(&self, worker: &str) -> Option<String> {
+        self.workers
+            .iter()
+            .find(|rec| &*rec.entry.qualified == worker)
+            .and_then(|rec| rec.last_failure.as_ref())
+            .map(|f| f.code.clone())
+    }
+
     fn push(&mut self, make: impl FnOnce(u64) -> Event) {
         let seq = self.next_seq;
         self.next_seq += 1;
