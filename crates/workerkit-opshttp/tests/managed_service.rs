@@ -287,7 +287,10 @@ async fn a_failed_runtime_ends_the_service_with_an_error() {
     let report = err.report().unwrap();
     assert_eq!(report.trigger, ShutdownTrigger::RuntimeFailed);
     assert!(report.runtime_failed);
-    assert!(err.to_string().contains("runtime failed"), "{err}: {report:?}");
+    assert!(
+        err.to_string().contains("runtime failed"),
+        "{err}: {report:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
