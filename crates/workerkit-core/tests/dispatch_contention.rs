@@ -197,3 +197,87 @@ fn lookups_racing_registration_always_find_earlier_workers() {
         assert!(reader.join().expect("reader") > 0);
     }
 }
+
+#[test]
+fn commands_admitted_on_different_threads_are_listed_cancelled_and_drained_alike() {
+    // Each thread registers its dispatches in the worker's dispatch shard of that thread: the
+    // listing, cancel-by-id, the counts and drain must see all of them.
+    const THREADS: usize = 4;
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = Runtime::builder("rt").build().unwrap();
+    let arrived = Arc::new((AtomicUsize::new(0), tokio::sync::Notify::new()));
+    let seen = Arc::clone(&arrived);
+    rt.register(worker("w").command(CommandSpec::new(
+        "block",
+        handler_fn(move |ctx| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.0.fetch_add(1, Ordering::SeqCst);
+                seen.1.notify_waiters();
+                ctx.cancelled().await;
+                Ok(CommandResponse::empty())
+            }
+        }),
+    )))
+    .unwrap();
+    control.block_on(rt.start_all()).unwrap();
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let rt = rt.clone();
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(rt.dispatch(CommandRequest::new("w", "block")))
+                    .map(|result| result.attempts)
+                    .map_err(|err| err.code())
+            })
+        })
+        .collect();
+    control.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let notified = arrived.1.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if arrived.0.load(Ordering::SeqCst) == THREADS {
+                    break;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("every dispatch runs");
+    });
+
+    let listed = rt.in_flight();
+    assert_eq!(listed.len(), THREADS);
+    assert_eq!(rt.status().in_flight, THREADS);
+    assert_eq!(rt.worker("w").unwrap().status.in_flight, THREADS);
+    // Drain rejects new dispatches at once, from any thread.
+    control.block_on(rt.drain("w")).unwrap();
+    let err = control
+        .block_on(rt.dispatch(CommandRequest::new("w", "block")))
+        .unwrap_err();
+    assert!(err.is_rejection(), "{err:?}");
+    assert_eq!(err.code(), "invalid_worker_state");
+    for command in &listed {
+        rt.cancel(command.id).unwrap();
+        // Already cancelled, or already ended (its thread runs it on at once).
+        let again = rt.cancel(command.id).unwrap_err().code();
+        assert!(
+            matches!(again, "already_cancelled" | "dispatch_not_found"),
+            "{again}"
+        );
+    }
+    for thread in threads {
+        assert_eq!(thread.join().expect("thread"), Ok(1));
+    }
+    assert!(rt.in_flight().is_empty());
+    assert_eq!(rt.status().in_flight, 0);
+    control.block_on(rt.shutdown()).unwrap();
+}

@@ -584,6 +584,7 @@ pub(crate) fn build_table(
         }));
     }
     Ok(WorkerCommands::new(
+        qualified,
         entries,
         worker_concurrency,
         worker.cancel_on_stop,

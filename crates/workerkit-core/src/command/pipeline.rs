@@ -51,6 +51,7 @@ pub(crate) async fn dispatch(
         observations,
         first,
     } = begin(inner, request, began)?;
+    let position = command;
     let command = &entry.commands.sorted[command];
     let end = EndInfo {
         inner,
@@ -88,9 +89,11 @@ pub(crate) async fn dispatch(
             return Err(*err);
         }
     };
+    let shard = admission.shard;
     let mut guard = InFlight {
         inner,
         entry,
+        shard,
         slot: admission.slot,
         runtime_slot: admission.runtime_slot,
         released: false,
@@ -189,10 +192,13 @@ pub(crate) async fn dispatch(
     match result {
         Ok(response) => {
             guard.finish(CommandOutcome::Succeeded, None, None);
+            // The shard's own copies of the names: their reference counts are not written by
+            // dispatches on other threads.
+            let names = entry.commands.shard(shard);
             Ok(CommandResult {
                 id,
-                worker: Arc::clone(&entry.qualified),
-                name: Arc::clone(&command.name),
+                worker: Arc::clone(&names.worker),
+                name: Arc::clone(&names.names[position]),
                 attempts,
                 result: response,
             })
@@ -343,7 +349,7 @@ fn begin(
     };
 
     let mut request = Some(request);
-    let first = match check(inner, entry, command, &mut request, id, began, false, None) {
+    let first = match check(inner, entry, command, &mut request, id, began, false) {
         Step::Admitted(admission) => First::Admitted(admission),
         Step::Rejected(err) => First::Rejected(Box::new(err)),
         Step::Saturated { scope, limit } if command.admission == AdmissionMode::FailFast => {
@@ -452,6 +458,8 @@ impl Drop for Admitting<'_> {
 struct InFlight<'a> {
     inner: &'a Inner,
     entry: &'a WorkerEntry,
+    /// The dispatch state shard that holds the slot.
+    shard: usize,
     slot: usize,
     runtime_slot: bool,
     released: bool,
@@ -465,7 +473,10 @@ impl InFlight<'_> {
         if std::mem::replace(&mut self.released, true) {
             return;
         }
-        release_slot(self.inner, self.entry, self.slot, self.runtime_slot);
+        self.entry.commands.release(self.shard, self.slot);
+        if self.runtime_slot {
+            self.inner.command_limit.release();
+        }
     }
 
     fn finish(&mut self, outcome: CommandOutcome, failure: Option<Failure>, cause: Option<Cause>) {
@@ -485,25 +496,11 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Releases an admitted dispatch's slots and wakes whoever waits for capacity or idleness.
-fn release_slot(inner: &Inner, entry: &WorkerEntry, slot: usize, runtime_slot: bool) {
-    let wake = {
-        let mut st = entry.commands.lock();
-        st.remove(slot);
-        st.waiting > 0 || st.idle_waiters > 0
-    };
-    if wake {
-        entry.commands.released.notify_waiters();
-    }
-    if runtime_slot {
-        inner.command_limit.release();
-    }
-}
-
 struct Admission {
     /// Whether the dispatch waited for a slot.
     waited: bool,
     shared: Arc<DispatchShared>,
+    shard: usize,
     slot: usize,
     runtime_slot: bool,
     incarnation: u64,
@@ -518,8 +515,7 @@ struct Waiting<'a> {
 impl Waiting<'_> {
     fn stop(&mut self) {
         if std::mem::replace(&mut self.active, false) {
-            let mut st = self.entry.commands.lock();
-            st.waiting = st.waiting.saturating_sub(1);
+            self.entry.commands.leave_waiting();
         }
     }
 }
@@ -550,11 +546,9 @@ enum Step {
     },
 }
 
-/// One admission check: runtime, worker, then limits (runtime, worker, command), atomically
-/// under the worker's dispatch mutex. With `register` (the caller's "counted as waiting" flag), a
-/// saturated check also counts the caller as waiting for a slot, in the same critical section,
-/// so no release between the check and the wait misses it. `waited`: whether the caller waited.
-#[allow(clippy::too_many_arguments)] // Internal; the pieces of one dispatch.
+/// One admission check: runtime, worker, then limits (runtime, worker, command), under the lock
+/// of the calling thread's dispatch shard (the caps are atomic counters, taken only below their
+/// limit). `waited`: whether the caller waited.
 fn check(
     inner: &Inner,
     entry: &WorkerEntry,
@@ -563,9 +557,9 @@ fn check(
     id: DispatchId,
     began: Instant,
     waited: bool,
-    register: Option<&mut bool>,
 ) -> Step {
-    let mut st = entry.commands.lock();
+    let (shard, state) = entry.commands.local_shard();
+    let mut st = state.lock();
     let (open, state) = inner.admission();
     if !open {
         return Step::Rejected(DispatchError::RuntimeNotAccepting {
@@ -591,33 +585,20 @@ fn check(
     // taken once the worker's and the command's limits have room: taking and giving one back
     // would wake the runtime's waiters (this one included) for nothing.
     let runtime_limit = (LimitScope::Runtime, inner.command_limit.max());
-    let local = if inner.command_limit.is_full() {
-        Some(runtime_limit)
-    } else if entry
-        .commands
-        .concurrency
-        .is_some_and(|max| st.current >= max)
-    {
-        Some((LimitScope::Worker, entry.commands.concurrency.unwrap_or(0)))
-    } else if command
-        .concurrency
-        .is_some_and(|max| st.per_command[command.index] >= max)
-    {
-        Some((LimitScope::Command, command.concurrency.unwrap_or(0)))
-    } else {
-        None
+    if inner.command_limit.is_full() {
+        let (scope, limit) = runtime_limit;
+        return Step::Saturated { scope, limit };
+    }
+    let (worker_counted, command_counted) = match entry.commands.try_take_caps(command) {
+        Ok(counted) => counted,
+        Err((scope, limit)) => return Step::Saturated { scope, limit },
     };
-    let runtime_slot = local.is_none() && inner.command_limit.try_acquire();
-    let scope = local
-        .or_else(|| (!runtime_slot && inner.command_limit.is_bounded()).then_some(runtime_limit));
-    if let Some((scope, limit)) = scope {
-        if runtime_slot {
-            inner.command_limit.release();
-        }
-        if let Some(active) = register.filter(|active| !**active) {
-            st.waiting += 1;
-            *active = true;
-        }
+    let runtime_slot = inner.command_limit.try_acquire();
+    if !runtime_slot && inner.command_limit.is_bounded() {
+        entry
+            .commands
+            .give_back(worker_counted, command_counted, command.index);
+        let (scope, limit) = runtime_limit;
         return Step::Saturated { scope, limit };
     }
     let (Some(ctx), Some(req)) = (st.ctx.clone(), request.take()) else {
@@ -626,6 +607,9 @@ fn check(
         if runtime_slot {
             inner.command_limit.release();
         }
+        entry
+            .commands
+            .give_back(worker_counted, command_counted, command.index);
         return Step::Rejected(DispatchError::InvalidWorkerState {
             worker: entry.qualified.to_string(),
             state: st.lifecycle,
@@ -638,10 +622,13 @@ fn check(
         shared: Arc::clone(&shared),
         incarnation,
         command: command.index,
+        worker_counted,
+        command_counted,
     });
     Step::Admitted(Admission {
         waited,
         shared,
+        shard,
         slot,
         runtime_slot,
         incarnation,
@@ -679,18 +666,14 @@ async fn admit(
         if armed {
             worker_released.as_mut().enable();
             runtime_released.as_mut().enable();
+            // Counted as waiting before the check: a release either sees the count (and wakes
+            // this dispatch) or the check sees the released slot.
+            if !waiting.active {
+                entry.commands.enter_waiting();
+                waiting.active = true;
+            }
         }
-        let register = armed.then_some(&mut waiting.active);
-        let step = check(
-            inner,
-            entry,
-            command,
-            &mut request,
-            id,
-            began,
-            armed,
-            register,
-        );
+        let step = check(inner, entry, command, &mut request, id, began, armed);
         let (scope, limit) = match step {
             Step::Admitted(admission) => {
                 waiting.stop();
@@ -935,40 +918,58 @@ pub(crate) async fn drain_incarnation(
     within: Duration,
 ) -> usize {
     let until = Instant::now() + within;
+    let busy = || {
+        entry.commands.shards().iter().any(|shard| {
+            shard
+                .lock()
+                .in_flight()
+                .any(|s| s.incarnation == incarnation)
+        })
+    };
     loop {
         let released = entry.commands.released.notified();
         tokio::pin!(released);
         released.as_mut().enable();
-        let busy = {
-            let mut st = entry.commands.lock();
-            let busy = st.in_flight().any(|s| s.incarnation == incarnation);
-            if busy {
-                st.idle_waiters += 1;
-            }
-            busy
-        };
-        if !busy {
+        // Counted before the check: a release either sees the count or the check sees it.
+        let leave = IdleWait::enter(entry);
+        if !busy() {
             return 0;
         }
-        struct Leave<'a>(&'a WorkerEntry);
-        impl Drop for Leave<'_> {
-            fn drop(&mut self) {
-                let mut st = self.0.commands.lock();
-                st.idle_waiters = st.idle_waiters.saturating_sub(1);
-            }
-        }
-        let leave = Leave(entry);
         let timed_out = tokio::time::timeout_at(until, released).await.is_err();
         drop(leave);
         if timed_out {
             break;
         }
     }
-    let st = entry.commands.lock();
-    st.in_flight()
-        .filter(|s| s.incarnation == incarnation)
-        .filter(|s| s.shared.cancel(CancelReason::WorkerStopped))
-        .count()
+    entry
+        .commands
+        .shards()
+        .iter()
+        .map(|shard| {
+            shard
+                .lock()
+                .in_flight()
+                .filter(|s| s.incarnation == incarnation)
+                .filter(|s| s.shared.cancel(CancelReason::WorkerStopped))
+                .count()
+        })
+        .sum()
+}
+
+/// Counts its caller as waiting for a worker's idleness while it lives.
+struct IdleWait<'a>(&'a WorkerEntry);
+
+impl<'a> IdleWait<'a> {
+    fn enter(entry: &'a WorkerEntry) -> Self {
+        entry.commands.enter_idle_wait();
+        Self(entry)
+    }
+}
+
+impl Drop for IdleWait<'_> {
+    fn drop(&mut self) {
+        self.0.commands.leave_idle_wait();
+    }
 }
 
 /// Waits until a worker has no command in flight.
@@ -977,27 +978,16 @@ pub(crate) async fn wait_worker_idle(entry: &WorkerEntry) {
         // Most workers are idle: check before registering for a wake-up (which takes the
         // `Notify`'s own lock); the check below, after registering, is what no release can slip
         // past.
-        if entry.commands.lock().total == 0 {
+        if entry.commands.total() == 0 {
             return;
         }
         let released = entry.commands.released.notified();
         tokio::pin!(released);
         released.as_mut().enable();
-        {
-            let mut st = entry.commands.lock();
-            if st.total == 0 {
-                return;
-            }
-            st.idle_waiters += 1;
+        let _leave = IdleWait::enter(entry);
+        if entry.commands.total() == 0 {
+            return;
         }
-        struct Leave<'a>(&'a WorkerEntry);
-        impl Drop for Leave<'_> {
-            fn drop(&mut self) {
-                let mut st = self.0.commands.lock();
-                st.idle_waiters = st.idle_waiters.saturating_sub(1);
-            }
-        }
-        let _leave = Leave(entry);
         released.await;
     }
 }
@@ -1005,13 +995,15 @@ pub(crate) async fn wait_worker_idle(entry: &WorkerEntry) {
 /// Cancels one in-flight dispatch by id, wherever it runs.
 pub(crate) fn cancel(inner: &Inner, id: DispatchId) -> Result<(), super::CancelError> {
     for entry in inner.all_workers() {
-        let st = entry.commands.lock();
-        if let Some(slot) = st.in_flight().find(|s| s.shared.id == id) {
-            return if slot.shared.cancel(CancelReason::Requested) {
-                Ok(())
-            } else {
-                Err(super::CancelError::AlreadyCancelled(id))
-            };
+        for shard in entry.commands.shards() {
+            let st = shard.lock();
+            if let Some(slot) = st.in_flight().find(|s| s.shared.id == id) {
+                return if slot.shared.cancel(CancelReason::Requested) {
+                    Ok(())
+                } else {
+                    Err(super::CancelError::AlreadyCancelled(id))
+                };
+            }
         }
     }
     Err(super::CancelError::NotFound(id))
@@ -1022,19 +1014,21 @@ pub(crate) fn in_flight(inner: &Inner) -> Vec<super::InFlightCommand> {
     let now = Instant::now();
     let mut list = Vec::new();
     for entry in inner.all_workers() {
-        let st = entry.commands.lock();
         let commands = &entry.commands.sorted;
-        list.extend(st.in_flight().map(|s| super::InFlightCommand {
-            id: s.shared.id,
-            worker: Arc::clone(&entry.qualified),
-            command: commands.iter().find(|c| c.index == s.command).map_or_else(
-                || Arc::from(s.shared.request.name()),
-                |c| Arc::clone(&c.name),
-            ),
-            incarnation: s.incarnation,
-            age: now.saturating_duration_since(s.shared.started),
-            cancelled: s.shared.cancel_reason().is_some(),
-        }));
+        for shard in entry.commands.shards() {
+            let st = shard.lock();
+            list.extend(st.in_flight().map(|s| super::InFlightCommand {
+                id: s.shared.id,
+                worker: Arc::clone(&entry.qualified),
+                command: commands.iter().find(|c| c.index == s.command).map_or_else(
+                    || Arc::from(s.shared.request.name()),
+                    |c| Arc::clone(&c.name),
+                ),
+                incarnation: s.incarnation,
+                age: now.saturating_duration_since(s.shared.started),
+                cancelled: s.shared.cancel_reason().is_some(),
+            }));
+        }
     }
     // Oldest (longest in flight) first. Not by id alone: UUIDv7 ids order by millisecond only,
     // so ids made within one millisecond would list in random order.

@@ -232,11 +232,11 @@ impl Inner {
     /// Commands in flight across the runtime: the sum of the workers' counts (there is no
     /// runtime-wide counter, so dispatch touches no shared cache line for it).
     pub(crate) fn in_flight(&self) -> usize {
-        // Lock order: state, then each dispatch mutex. No allocation.
+        // Lock order: state, then each dispatch shard. No allocation.
         self.lock()
             .workers
             .iter()
-            .map(|rec| rec.entry.commands.lock().total)
+            .map(|rec| rec.entry.commands.total())
             .sum()
     }
 
@@ -248,7 +248,7 @@ impl Inner {
             for entry in &workers {
                 crate::command::pipeline::wait_worker_idle(entry).await;
             }
-            if workers.iter().all(|entry| entry.commands.lock().total == 0) {
+            if workers.iter().all(|entry| entry.commands.total() == 0) {
                 return;
             }
         }

@@ -291,7 +291,7 @@ pub(super) async fn start(
     if matches!(outcome, Outcome::Ok) {
         // Commands admitted by this incarnation get its context (set before it can be running).
         if !entry.commands.by_name.is_empty() {
-            entry.commands.lock().ctx = Some(Arc::new(ctx.without_deadline()));
+            entry.commands.set_context(&ctx.without_deadline());
         }
         let (result, _) = inner.mutate(|st, now| {
             let rec = &st.workers[idx];

@@ -84,7 +84,6 @@ pub(crate) struct WorkerRecord {
 
 impl WorkerRecord {
     pub(crate) fn status(&self) -> WorkerStatus {
-        let dispatch = self.entry.commands.lock();
         WorkerStatus {
             name: Arc::clone(&self.entry.qualified),
             local_name: Arc::clone(&self.entry.local),
@@ -98,8 +97,8 @@ impl WorkerRecord {
             last_failure: self.last_failure.clone(),
             last_command_failure: self.last_command_failure.clone(),
             last_exit: self.last_exit.clone(),
-            in_flight: dispatch.total,
-            waiting: dispatch.waiting,
+            in_flight: self.entry.commands.total(),
+            waiting: self.entry.commands.waiting(),
         }
     }
 
