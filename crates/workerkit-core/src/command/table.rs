@@ -266,6 +266,25 @@ impl WorkerCommands {
         let count = sorted.iter().map(|c| c.index + 1).max().unwrap_or(0);
         // A worker without commands never dispatches: one shard is enough for its status.
         let shards = if sorted.is_empty() { 1 } else { shard_count() };
+        if shards == 1 {
+            // Nothing to spread: one shard shares the worker's own allocations.
+            return Self {
+                by_name,
+                shards: Box::new([Shard {
+                    state: Mutex::new(DispatchState::new()),
+                    worker: Arc::clone(worker),
+                    names: sorted.iter().map(|c| Arc::clone(&c.name)).collect(),
+                }]),
+                sorted,
+                concurrency,
+                cancel_on_stop,
+                current: AtomicUsize::new(0),
+                per_command: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+                waiting: AtomicUsize::new(0),
+                idle_waiters: AtomicUsize::new(0),
+                released: Notify::new(),
+            };
+        }
         let mut spread = Spread::default();
         let mut workers = spread.copies(shards, || Arc::<str>::from(&**worker));
         let mut names: Vec<Vec<Arc<str>>> = sorted
