@@ -334,6 +334,10 @@ impl WorkerCommands {
 
     /// Commands in flight, across every incarnation.
     pub(crate) fn total(&self) -> usize {
+        // A worker without commands never has one in flight: no lock to take.
+        if self.sorted.is_empty() {
+            return 0;
+        }
         self.shards.iter().map(|shard| shard.lock().total).sum()
     }
 
