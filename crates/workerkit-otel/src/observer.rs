@@ -1,7 +1,6 @@
 //! [`OtelObserver`]: the runtime's events as OpenTelemetry spans and metrics.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::Hasher;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -17,9 +16,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use workerkit_core::command::{DispatchId, Metadata};
 use workerkit_core::observe::{
-    BoxFuture, CheckEndEvent, CheckOutcome, CommandEndEvent, CommandObservation, CommandOutcome,
-    CommandStartEvent, FailureEvent, OperationEvent, OperationPhase, ReadinessEvent,
-    TransitionEvent,
+    AttemptFailure, BoxFuture, CheckEndEvent, CheckOutcome, CommandEndEvent, CommandObservation,
+    CommandOutcome, CommandStartEvent, FailureEvent, OperationEvent, OperationPhase,
+    ReadinessEvent, TransitionEvent,
 };
 use workerkit_core::{LifecycleState, Observer};
 
@@ -69,8 +68,6 @@ struct Inner {
     /// The in-flight counters, per command.
     in_flight: Arc<InFlight>,
     propagator: TraceContextPropagator,
-    /// The contexts of the commands in flight, so that their failures' spans become children.
-    commands: CommandContexts,
     /// The lifecycle operation in progress, per runtime (operations are serialised by the
     /// runtime's lifecycle gate, so there is at most one per runtime).
     operations: Mutex<Vec<OpenOperation>>,
@@ -145,7 +142,6 @@ impl OtelObserver {
                 instruments: Instruments::new(&meter, &in_flight),
                 in_flight,
                 propagator: TraceContextPropagator::new(),
-                commands: CommandContexts::new(),
                 operations: Mutex::new(Vec::new()),
                 providers,
             }),
@@ -321,19 +317,15 @@ impl Observer for OtelObserver {
         attrs.push(kv(semconv::FAILURE_CODE, failure_code(&event.failure)));
         inner.instruments.failures.add(1, &attrs);
 
-        // The failure's own span, under the command's or the operation's span (both ours),
-        // each of which also gets a failure event. Never the caller's span.
-        let parent = event
-            .dispatch_id
-            .and_then(|id| inner.commands.get(id))
-            .or_else(|| inner.operation(&event.runtime));
-        let mut span_attrs = attrs;
-        if let Some(id) = event.dispatch_id {
-            span_attrs.push(kv(semconv::COMMAND_DISPATCH_ID, id_value(id)));
+        // A command attempt's failure gets its span from the command's observation
+        // (`CommandSpan::attempt_failed`), under the command's span, at once.
+        if event.dispatch_id.is_some() {
+            return;
         }
-        if event.attempt > 0 {
-            span_attrs.push(kv(semconv::COMMAND_ATTEMPT, i64::from(event.attempt)));
-        }
+        // Any other failure's own span goes under the operation's span (ours), which also gets
+        // a failure event. Never the caller's span.
+        let parent = inner.operation(&event.runtime);
+        let span_attrs = attrs;
         let at = event.at.as_system_time();
         let parent = match parent {
             Some(cx) => {
@@ -470,7 +462,6 @@ impl Observer for OtelObserver {
             &parent,
         );
         let cx = parent.with_span(span);
-        inner.commands.insert(event.dispatch_id, &cx);
         Some(Box::new(CommandSpan {
             inner: Arc::clone(inner),
             cx,
@@ -507,9 +498,31 @@ impl CommandObservation for CommandSpan {
         poll();
     }
 
+    fn attempt_failed(&self, failure: &AttemptFailure<'_>) {
+        // The failure's own span, under this command's span, which also gets a failure event.
+        let mut attrs = Vec::with_capacity(7);
+        attrs.extend_from_slice(&self.in_flight.attrs);
+        attrs.push(kv(semconv::FAILURE_PANIC, failure.panic));
+        attrs.push(kv(semconv::FAILURE_CODE, failure_code(failure.failure)));
+        attrs.push(kv(semconv::COMMAND_DISPATCH_ID, id_value(self.id)));
+        attrs.push(kv(semconv::COMMAND_ATTEMPT, i64::from(failure.attempt)));
+        let at = failure.at.as_system_time();
+        self.cx
+            .span()
+            .add_event_with_timestamp(semconv::FAILURE_EVENT, at, attrs.clone());
+        let mut span = self.inner.tracer.build_with_context(
+            SpanBuilder::from_name(semconv::FAILURE_SPAN)
+                .with_kind(SpanKind::Internal)
+                .with_start_time(at)
+                .with_attributes(attrs),
+            &self.cx,
+        );
+        span.set_status(Status::error(failure_message(failure.failure)));
+        span.end_with_timestamp(at);
+    }
+
     fn end(self: Box<Self>, event: &CommandEndEvent) {
         let inner = &*self.inner;
-        inner.commands.remove(self.id, &self.cx);
         let instruments = &inner.instruments;
         if self.running.load(Ordering::Relaxed) {
             self.in_flight.count.fetch_sub(1, Ordering::Relaxed);
@@ -589,13 +602,7 @@ impl CommandObservation for CommandSpan {
     }
 }
 
-// ---- Contexts of the commands in flight ----
-
-/// Shards of the dispatch-id → command context map (a power of two).
-const SHARDS: usize = 16;
-
-/// A hasher for dispatch ids (UUIDv7s, whose low 64 bits are random: folded and mixed) and
-/// addresses.
+/// A hasher for addresses and ids (the metrics' in-flight map is keyed by name addresses).
 #[derive(Default)]
 pub(crate) struct FastHasher(u64);
 
@@ -619,50 +626,5 @@ impl Hasher for FastHasher {
         #[allow(clippy::cast_possible_truncation)] // Folding the halves is the point.
         let folded = (value as u64) ^ ((value >> 64) as u64);
         self.0 = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-type IdMap = HashMap<DispatchId, Context, BuildHasherDefault<FastHasher>>;
-
-/// The contexts of the commands in flight, by dispatch id, sharded to keep concurrent
-/// dispatches from contending.
-struct CommandContexts {
-    shards: Box<[Mutex<IdMap>]>,
-}
-
-impl CommandContexts {
-    fn new() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-        }
-    }
-
-    fn shard(&self, id: DispatchId) -> std::sync::MutexGuard<'_, IdMap> {
-        let mut hasher = FastHasher::default();
-        id.hash(&mut hasher);
-        #[allow(clippy::cast_possible_truncation)] // The top bits pick one of `SHARDS`.
-        let index = (hasher.finish() >> 60) as usize % SHARDS;
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn insert(&self, id: DispatchId, cx: &Context) {
-        self.shard(id).insert(id, cx.clone());
-    }
-
-    fn get(&self, id: DispatchId) -> Option<Context> {
-        self.shard(id).get(&id).cloned()
-    }
-
-    /// Removes `id`'s entry if it is still `cx`'s (a caller may preset the same id twice).
-    fn remove(&self, id: DispatchId, cx: &Context) {
-        let mut shard = self.shard(id);
-        if shard
-            .get(&id)
-            .is_some_and(|c| c.span().span_context() == cx.span().span_context())
-        {
-            shard.remove(&id);
-        }
     }
 }

@@ -137,6 +137,18 @@ pub(crate) async fn dispatch(
             Err(failed) => failed,
         };
         let (failure, cause, panic) = failed.present(entry, command);
+        if let Some(observations) = guard.observations.as_ref().filter(|o| !o.is_empty()) {
+            let event = crate::observe::AttemptFailure {
+                attempt,
+                failure: &failure,
+                panic,
+                cause: cause.as_ref(),
+                at: crate::Timestamp::now(),
+            };
+            for _ in 0..observations.attempt_failed(&event) {
+                inner.observers.count_panic();
+            }
+        }
         record_failure(
             inner,
             entry,

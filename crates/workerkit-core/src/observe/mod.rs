@@ -103,8 +103,32 @@ pub trait CommandObservation: Send + Sync + 'static {
         poll();
     }
 
+    /// An attempt of this dispatch failed. Called on the dispatching task right after the
+    /// attempt, before any retry, so an observation can attach the failure to its own span or
+    /// scope at once. [`Observer::on_failure`] still receives the same failure as an ordered
+    /// event (with `dispatch_id` set). The default does nothing.
+    fn attempt_failed(&self, failure: &AttemptFailure<'_>) {
+        let _ = failure;
+    }
+
     /// The dispatch ended. Called exactly once.
     fn end(self: Box<Self>, event: &CommandEndEvent);
+}
+
+/// A failed attempt of a dispatch, as [`CommandObservation::attempt_failed`] sees it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct AttemptFailure<'a> {
+    /// The attempt's number, from 1.
+    pub attempt: u32,
+    /// The public failure.
+    pub failure: &'a crate::failure::Failure,
+    /// Whether the handler panicked.
+    pub panic: bool,
+    /// The private cause, if there is one (never show it publicly).
+    pub cause: Option<&'a Cause>,
+    /// When the attempt failed.
+    pub at: crate::Timestamp,
 }
 
 /// An observer that ignores everything.
@@ -178,6 +202,19 @@ impl CommandObservations {
         let panics = std::cell::Cell::new(0);
         nest(&self.list, poll, &panics);
         panics.get()
+    }
+
+    /// Tells every observation that an attempt failed; returns how many panicked.
+    pub(crate) fn attempt_failed(&self, failure: &AttemptFailure<'_>) -> u64 {
+        let mut panics = 0;
+        for observation in &self.list {
+            if std::panic::catch_unwind(AssertUnwindSafe(|| observation.attempt_failed(failure)))
+                .is_err()
+            {
+                panics += 1;
+            }
+        }
+        panics
     }
 
     /// Ends every observation, in reverse order; returns how many panicked.
