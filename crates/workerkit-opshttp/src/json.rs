@@ -76,7 +76,7 @@ pub(crate) fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 }
 
 /// Reads the whole body, up to `limit` bytes (413 beyond).
-pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<axum::body::Bytes, ApiError> {
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(bytes),
         Err(err) => {

@@ -483,22 +483,28 @@ struct Ending<'a> {
 }
 
 impl Ending<'_> {
-    /// A shutdown with no server to drain (the server never ran).
-    async fn run(&mut self, trigger: ShutdownTrigger) -> ServiceReport {
-        let began = Instant::now();
-        self.serving.begin_shutdown();
-        let runtime_failed = !self.runtime.liveness().live;
-        let mut report = ServiceReport {
+    /// A report of nothing done yet; whether the runtime failed is read now, at the trigger
+    /// (a worker failing to stop later is an unfinished worker, not a failed runtime).
+    fn report(&self, trigger: ShutdownTrigger) -> ServiceReport {
+        ServiceReport {
             trigger,
             forced: false,
-            runtime_failed,
+            runtime_failed: trigger == ShutdownTrigger::RuntimeFailed
+                || !self.runtime.liveness().live,
             http_drained: true,
             budget_exceeded: false,
             shutdown: None,
             unfinished: Vec::new(),
             abandoned_commands: Vec::new(),
             elapsed: Duration::ZERO,
-        };
+        }
+    }
+
+    /// A shutdown with no server to drain (the server never ran).
+    async fn run(&mut self, trigger: ShutdownTrigger) -> ServiceReport {
+        let began = Instant::now();
+        self.serving.begin_shutdown();
+        let mut report = self.report(trigger);
         let mut forced = false;
         self.runtime_shutdown(&mut report, began + self.budget, &mut forced)
             .await;
@@ -516,18 +522,7 @@ impl Ending<'_> {
         let began = Instant::now();
         let deadline = began + self.budget;
         self.serving.begin_shutdown();
-        let mut report = ServiceReport {
-            trigger,
-            forced: false,
-            runtime_failed: trigger == ShutdownTrigger::RuntimeFailed
-                || !self.runtime.liveness().live,
-            http_drained: true,
-            budget_exceeded: false,
-            shutdown: None,
-            unfinished: Vec::new(),
-            abandoned_commands: Vec::new(),
-            elapsed: Duration::ZERO,
-        };
+        let mut report = self.report(trigger);
         let mut forced = false;
         let mut serve_error = None;
 

@@ -227,14 +227,48 @@ async fn a_lifecycle_operation_beyond_its_timeout_is_504() {
 #[tokio::test]
 async fn an_operation_finishes_when_the_client_goes_away() {
     let rt = runtime(&Gates::default());
+    // A slow start holds the lifecycle gate, so the request's operation is still waiting for
+    // it when the client goes away: only an operation in a task of its own survives that.
+    let (entered, release) = (
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+        std::sync::Arc::new(tokio::sync::Notify::new()),
+    );
+    let (e, r) = (
+        std::sync::Arc::clone(&entered),
+        std::sync::Arc::clone(&release),
+    );
+    rt.register(WorkerSpec::new(
+        "slow",
+        worker_fn(move |_ctx| {
+            let (e, r) = (std::sync::Arc::clone(&e), std::sync::Arc::clone(&r));
+            async move {
+                let released = r.notified();
+                e.notify_one();
+                released.await;
+                Ok::<(), BoxError>(())
+            }
+        }),
+    ))
+    .unwrap();
+    let began = entered.notified();
+    let slow = tokio::spawn({
+        let rt = rt.clone();
+        async move { rt.start("slow").await }
+    });
+    began.await;
     let app = app(&rt);
-    // Poll the request once (the operation task is spawned), then drop it.
+    // Poll the request once (the operation task is spawned and waits for the gate), then drop it.
     let request = support::post_request("/admin/workers/start", r#"{"name":"echo"}"#);
     {
         let response = tower::ServiceExt::oneshot(app.clone(), request);
         let mut response = std::pin::pin!(response);
-        let _ = futures_poll_once(response.as_mut()).await;
+        assert!(
+            !futures_poll_once(response.as_mut()).await,
+            "it waits for the gate"
+        );
     }
+    release.notify_one();
+    slow.await.unwrap().unwrap();
     let mut watch = rt.subscribe();
     tokio::time::timeout(
         Duration::from_secs(10),

@@ -27,6 +27,7 @@
 //! runs it), or with criterion's `--test`, `--list` or `--profile-time`, no report is written;
 //! without `--bench` every scenario runs a few times as a smoke test.
 
+#[path = "../../workerkit-core/benches/common/mod.rs"]
 mod common;
 
 use common::{CpuTicks, Scenario, Target, round};

@@ -1,4 +1,5 @@
-//! What the benches share: the machine-load reading and the report format of `xtask bench`.
+//! What the benches share (every crate's, through `#[path]`): the machine-load reading and the report
+//! format of `xtask bench`.
 #![allow(dead_code)] // Each bench uses part of it.
 
 use std::path::{Path, PathBuf};
