@@ -110,6 +110,14 @@ pub enum RegisterError {
         /// The setting's name.
         setting: &'static str,
     },
+    /// The supervision settings do not fit together.
+    #[error("worker {worker:?}: {error}")]
+    Supervision {
+        /// The qualified worker name.
+        worker: String,
+        /// What is wrong.
+        error: crate::supervise::SupervisionError,
+    },
 }
 
 impl RegisterError {
@@ -122,7 +130,7 @@ impl RegisterError {
             Self::InvalidCommandName { .. } => "invalid_command_name",
             Self::CommandAlreadyRegistered { .. } => "command_already_registered",
             Self::ShuttingDown { .. } => "runtime_shutting_down",
-            Self::ZeroDuration { .. } => "invalid_config",
+            Self::ZeroDuration { .. } | Self::Supervision { .. } => "invalid_config",
         }
     }
 }
@@ -192,6 +200,14 @@ pub enum LifecycleError {
         /// The runtime's name.
         runtime: String,
     },
+    /// The worker still has commands in flight (removal waits for none).
+    #[error("worker {worker:?} has {in_flight} commands in flight")]
+    WorkerBusy {
+        /// The qualified worker name.
+        worker: String,
+        /// Commands in flight.
+        in_flight: usize,
+    },
     /// A bulk operation met several errors; each is kept.
     #[error("{} workers failed: {}", errors.len(), join(errors))]
     Multiple {
@@ -237,6 +253,7 @@ impl LifecycleError {
             Self::Reentrant { .. } => "reentrant_lifecycle_call",
             Self::ShutDown { .. } => "runtime_shut_down",
             Self::Multiple { .. } => "multiple_failures",
+            Self::WorkerBusy { .. } => "worker_busy",
             Self::NoAsyncRuntime { .. } => "no_async_runtime",
             Self::Interrupted { .. } => "interrupted",
         }
@@ -249,7 +266,8 @@ impl LifecycleError {
             Self::WorkerNotFound { worker }
             | Self::InvalidState { worker, .. }
             | Self::StartFailed { worker, .. }
-            | Self::StopFailed { worker, .. } => Some(worker),
+            | Self::StopFailed { worker, .. }
+            | Self::WorkerBusy { worker, .. } => Some(worker),
             Self::InvalidName(e) => Some(e.name()),
             _ => None,
         }

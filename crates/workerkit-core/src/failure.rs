@@ -43,6 +43,8 @@ pub mod code {
     pub const CANCELED: &str = "canceled";
     /// Worker code panicked.
     pub const PANIC: &str = "panic";
+    /// A worker's watchdog found no heartbeat within its timeout.
+    pub const STALLED: &str = "stalled";
 }
 
 /// The public face of a failure: a stable code and a safe message.

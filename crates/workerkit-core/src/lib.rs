@@ -87,6 +87,7 @@ pub mod retry;
 mod runtime;
 pub mod signal;
 pub mod status;
+pub mod supervise;
 mod task;
 #[cfg(feature = "test-util")]
 pub mod test_util;
@@ -99,7 +100,8 @@ pub use lifecycle::{LifecycleState, ParseEnumError};
 pub use observe::Observer;
 pub use policy::{FailurePolicy, PanicPolicy, ReadinessPolicy};
 pub use runtime::{
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_REPORT_INTERVAL,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT, Runtime, RuntimeBuilder,
     ShutdownOptions, StatusWatch,
 };

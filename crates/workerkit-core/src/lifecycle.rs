@@ -26,11 +26,15 @@ pub enum LifecycleState {
     Stopped,
     /// Failed: start failed, the worker reported a failure, panicked, or its stop failed.
     Failed,
+    /// Its incarnation failed and its restart policy restarts it: the failed incarnation is
+    /// stopped, then a new one starts after a backoff (see `WorkerStatus::next_restart_at`).
+    /// A transitional state, not a failure: neither the failure policy nor liveness sees it.
+    Restarting,
 }
 
 impl LifecycleState {
     /// Every state, in declaration order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Registered,
         Self::Starting,
         Self::Running,
@@ -38,6 +42,7 @@ impl LifecycleState {
         Self::Stopping,
         Self::Stopped,
         Self::Failed,
+        Self::Restarting,
     ];
 
     /// The wire name (`registered`, `starting`, ...).
@@ -51,6 +56,7 @@ impl LifecycleState {
             Self::Stopping => "stopping",
             Self::Stopped => "stopped",
             Self::Failed => "failed",
+            Self::Restarting => "restarting",
         }
     }
 
@@ -65,10 +71,13 @@ impl LifecycleState {
     }
 
     /// Whether this state is a transition between two resting states (starting, draining,
-    /// stopping).
+    /// stopping, restarting).
     #[must_use]
     pub const fn is_transitional(self) -> bool {
-        matches!(self, Self::Starting | Self::Draining | Self::Stopping)
+        matches!(
+            self,
+            Self::Starting | Self::Draining | Self::Stopping | Self::Restarting
+        )
     }
 
     pub(crate) const fn index(self) -> usize {
@@ -82,7 +91,10 @@ impl LifecycleState {
 
     /// Whether `stop` may begin from this state.
     pub(crate) const fn can_stop(self) -> bool {
-        matches!(self, Self::Running | Self::Draining | Self::Failed)
+        matches!(
+            self,
+            Self::Running | Self::Draining | Self::Failed | Self::Restarting
+        )
     }
 }
 
@@ -130,7 +142,8 @@ mod tests {
                 "draining",
                 "stopping",
                 "stopped",
-                "failed"
+                "failed",
+                "restarting"
             ]
         );
         for state in LifecycleState::ALL {
@@ -158,6 +171,6 @@ mod tests {
             .into_iter()
             .filter(|s| s.can_stop())
             .collect();
-        assert_eq!(stop, [Running, Draining, Failed]);
+        assert_eq!(stop, [Running, Draining, Failed, Restarting]);
     }
 }

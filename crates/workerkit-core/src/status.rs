@@ -72,6 +72,8 @@ pub enum ExitReason {
     StartTimedOut,
     /// Its loop returned `Ok` although nobody asked it to stop (a failure, as in Go).
     ExitedUnexpectedly,
+    /// Its watchdog found no beat within the timeout (`StallAction::Cancel` or `Restart`).
+    Stalled,
 }
 
 impl ExitReason {
@@ -84,6 +86,7 @@ impl ExitReason {
             Self::Panicked => "panicked",
             Self::StartTimedOut => "start_timed_out",
             Self::ExitedUnexpectedly => "exited_unexpectedly",
+            Self::Stalled => "stalled",
         }
     }
 
@@ -174,6 +177,19 @@ pub struct WorkerStatus {
     /// How the last incarnation ended.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<Exit>,
+    /// The worker's restart mode.
+    pub restart_policy: crate::supervise::RestartMode,
+    /// How many times the restart policy restarted the worker (monotonic; manual starts do not
+    /// count).
+    pub restarts: u64,
+    /// When the pending restart is due, while `restarting`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_restart_at: Option<Timestamp>,
+    /// Whether the restart policy gave up (intensity exceeded, or a permanent failure under
+    /// `on_failure`): the worker is `failed` and its failure policy applies. Cleared by a start.
+    pub gave_up: bool,
+    /// Whether the watchdog finds the worker stalled (no beat within its timeout).
+    pub stalled: bool,
 }
 
 /// A worker's registration metadata and status.

@@ -21,6 +21,16 @@ where
     tokio::spawn(tracker.track_future(future))
 }
 
+/// Spawns `future` into `set` (aborted when the set is shut down or dropped), tracked by
+/// `tracker`.
+#[allow(clippy::disallowed_methods)] // The sanctioned spawn site for child tasks.
+pub(crate) fn spawn_into<F>(set: &mut tokio::task::JoinSet<()>, tracker: &TaskTracker, future: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    set.spawn(tracker.track_future(future));
+}
+
 /// A future that resolves to `Err(payload)` instead of unwinding when the inner future panics.
 ///
 /// The inner future is `Unpin` (worker code reaches the runtime as boxed futures), so no extra

@@ -18,6 +18,11 @@ impl Timestamp {
         Self(SystemTime::now())
     }
 
+    /// This instant plus `d` (saturating at the far future).
+    pub(crate) fn plus(self, d: Duration) -> Self {
+        Self(self.0.checked_add(d).unwrap_or(self.0))
+    }
+
     /// The wrapped `SystemTime`.
     #[must_use]
     pub fn as_system_time(self) -> SystemTime {

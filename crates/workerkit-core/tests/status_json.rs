@@ -128,6 +128,10 @@ async fn a_fresh_worker_snapshot_omits_every_optional_key() {
                 "incarnation": 0,
                 "contributesToReadiness": true,
                 "failurePolicy": "isolate",
+                "restartPolicy": "never",
+                "restarts": 0,
+                "gaveUp": false,
+                "stalled": false,
             },
         })
     );
@@ -165,6 +169,10 @@ async fn a_worker_snapshot_shows_description_transition_failure_and_exit() {
             "lastTransition",
             "lastFailure",
             "lastExit",
+            "restartPolicy",
+            "restarts",
+            "gaveUp",
+            "stalled",
         ])
     );
     assert_eq!(status["state"], "stopped");
@@ -234,7 +242,8 @@ async fn wire_names_of_states_reasons_and_policies() {
             "draining",
             "stopping",
             "stopped",
-            "failed"
+            "failed",
+            "restarting"
         ]
     );
 }

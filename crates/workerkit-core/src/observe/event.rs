@@ -100,6 +100,8 @@ pub enum Operation {
     StopAll,
     /// Graceful shutdown: close admission and readiness, drain, wait for in-flight work, stop.
     Shutdown,
+    /// Remove one stopped (or never started, or failed) worker.
+    Remove,
 }
 
 impl Operation {
@@ -114,6 +116,7 @@ impl Operation {
             Self::DrainAll => "drain_all",
             Self::StopAll => "stop_all",
             Self::Shutdown => "shutdown",
+            Self::Remove => "remove",
         }
     }
 }
@@ -313,6 +316,103 @@ pub struct CommandEndEvent {
     pub duration: Duration,
 }
 
+/// A supervision event: a restart scheduled or made, a restart policy giving up, a watchdog
+/// stall, or a shutdown still waiting.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SupervisionEvent {
+    /// Runtime-wide order of this event.
+    pub seq: u64,
+    /// The runtime's name.
+    pub runtime: Arc<str>,
+    /// The qualified worker name (`None` for runtime-wide events such as
+    /// [`SupervisionKind::ShutdownWaiting`]).
+    pub worker: Option<Arc<str>>,
+    /// The worker's incarnation the event is about (0 for runtime-wide events).
+    pub incarnation: u64,
+    /// What happened.
+    pub kind: SupervisionKind,
+    /// When it happened.
+    pub at: Timestamp,
+}
+
+/// What a [`SupervisionEvent`] reports.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum SupervisionKind {
+    /// The incarnation failed and a restart is scheduled after `delay`.
+    RestartScheduled {
+        /// The backoff attempt (1 after a healthy run).
+        attempt: u32,
+        /// The backoff delay.
+        delay: Duration,
+        /// When the restart is due.
+        due: Timestamp,
+        /// How the incarnation ended.
+        reason: crate::status::ExitReason,
+        /// Its public failure.
+        failure: Option<Failure>,
+    },
+    /// A restart began: `incarnation` is the new one, now starting.
+    Restarted {
+        /// Restarts of this worker so far, this one included.
+        restarts: u64,
+        /// The backoff attempt.
+        attempt: u32,
+    },
+    /// A pending restart was cancelled by a drain, stop, shutdown or removal.
+    RestartCancelled,
+    /// The restart policy gave up: the worker is failed and its failure policy applies.
+    GaveUp {
+        /// Restarts made before giving up.
+        restarts: u64,
+        /// How the last incarnation ended.
+        reason: crate::status::ExitReason,
+        /// Its public failure.
+        failure: Option<Failure>,
+        /// Why: `intensity` (too many restarts within the window) or `permanent` (a permanent
+        /// failure under `on_failure`).
+        why: &'static str,
+    },
+    /// The watchdog found no beat within `timeout`.
+    Stalled {
+        /// The watchdog timeout.
+        timeout: Duration,
+        /// What the watchdog does about it.
+        action: crate::supervise::StallAction,
+    },
+    /// Beats came again after a stall (actions `report` and `fail_liveness`).
+    StallCleared,
+    /// A shutdown has been running longer than the report interval and still waits.
+    ShutdownWaiting {
+        /// How long the shutdown has run.
+        elapsed: Duration,
+        /// Workers not yet stopped (qualified names, in stop order).
+        workers: Vec<Arc<str>>,
+        /// Commands still in flight.
+        in_flight: usize,
+        /// The phase: `draining` (waiting for commands) or `stopping`.
+        phase: &'static str,
+    },
+}
+
+impl SupervisionKind {
+    /// A stable name for the kind: `restart_scheduled`, `restarted`, `restart_cancelled`,
+    /// `gave_up`, `stalled`, `stall_cleared`, `shutdown_waiting`.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::RestartScheduled { .. } => "restart_scheduled",
+            Self::Restarted { .. } => "restarted",
+            Self::RestartCancelled => "restart_cancelled",
+            Self::GaveUp { .. } => "gave_up",
+            Self::Stalled { .. } => "stalled",
+            Self::StallCleared => "stall_cleared",
+            Self::ShutdownWaiting { .. } => "shutdown_waiting",
+        }
+    }
+}
+
 #[cfg(feature = "test-util")]
 mod test_constructors {
     use super::*;
@@ -411,6 +511,21 @@ mod test_constructors {
                 started_at: now,
                 ended_at: now,
                 duration,
+            }
+        }
+    }
+
+    impl SupervisionEvent {
+        /// Builds an event for adapter tests (`test-util`).
+        #[must_use]
+        pub fn for_test(worker: Option<&str>, kind: SupervisionKind) -> Self {
+            Self {
+                seq: 0,
+                runtime: "rt".into(),
+                worker: worker.map(Into::into),
+                incarnation: 1,
+                kind,
+                at: Timestamp::now(),
             }
         }
     }

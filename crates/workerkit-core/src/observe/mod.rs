@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use event::{
     Cause, CheckEndEvent, CheckOutcome, CheckStartEvent, CommandEndEvent, CommandOutcome,
     CommandStartEvent, FailureEvent, Operation, OperationEvent, OperationPhase, ReadinessEvent,
-    TransitionEvent,
+    SupervisionEvent, SupervisionKind, TransitionEvent,
 };
 pub use stream::{EVENT_STREAM_CAPACITY, EventStream, StreamEvent};
 
@@ -64,6 +64,12 @@ pub trait Observer: Send + Sync + 'static {
 
     /// A lifecycle operation began or ended.
     fn on_operation(&self, event: &OperationEvent) {
+        let _ = event;
+    }
+
+    /// A supervision event: restart scheduled, made or cancelled, give-up, watchdog stall, or
+    /// a shutdown still waiting.
+    fn on_supervision(&self, event: &SupervisionEvent) {
         let _ = event;
     }
 
@@ -236,6 +242,7 @@ pub(crate) enum Event {
     Readiness(ReadinessEvent),
     Failure(FailureEvent),
     Operation(OperationEvent),
+    Supervision(SupervisionEvent),
 }
 
 impl Event {
@@ -245,6 +252,7 @@ impl Event {
             Self::Readiness(e) => e.seq,
             Self::Failure(e) => e.seq,
             Self::Operation(e) => e.seq,
+            Self::Supervision(e) => e.seq,
         }
     }
 }
@@ -296,6 +304,7 @@ impl Observers {
             Event::Readiness(e) => self.each(|o| o.on_readiness(e)),
             Event::Failure(e) => self.each(|o| o.on_failure(e)),
             Event::Operation(e) => self.each(|o| o.on_operation(e)),
+            Event::Supervision(e) => self.each(|o| o.on_supervision(e)),
         }
     }
 

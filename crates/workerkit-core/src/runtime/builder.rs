@@ -16,6 +16,8 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default budget of a graceful shutdown's drain and idle-wait phases.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default interval of a long shutdown's progress reports.
+pub const DEFAULT_SHUTDOWN_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Default extra budget the stop phase of a shutdown always gets, even after the shutdown
 /// budget ran out.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -40,6 +42,7 @@ pub(crate) struct Defaults {
     pub(crate) contributes: bool,
     pub(crate) failure_policy: FailurePolicy,
     pub(crate) panic_policy: PanicPolicy,
+    pub(crate) restart: crate::supervise::RestartPolicy,
 }
 
 /// Runtime-wide settings.
@@ -50,6 +53,8 @@ pub(crate) struct Settings {
     pub(crate) stop_grace: Duration,
     pub(crate) observer_flush_timeout: Duration,
     pub(crate) command_concurrency: Option<usize>,
+    pub(crate) jitter_seed: Option<u64>,
+    pub(crate) shutdown_report_interval: Duration,
 }
 
 /// Builds a [`Runtime`]. Setters take and return `self`; [`build`](Self::build) validates.
@@ -102,6 +107,7 @@ impl RuntimeBuilder {
                 contributes: true,
                 failure_policy: FailurePolicy::default(),
                 panic_policy: PanicPolicy::default(),
+                restart: crate::supervise::RestartPolicy::never(),
             },
             settings: Settings {
                 readiness_policy: ReadinessPolicy::default(),
@@ -109,6 +115,8 @@ impl RuntimeBuilder {
                 stop_grace: DEFAULT_STOP_GRACE,
                 observer_flush_timeout: DEFAULT_OBSERVER_FLUSH_TIMEOUT,
                 command_concurrency: None,
+                jitter_seed: None,
+                shutdown_report_interval: DEFAULT_SHUTDOWN_REPORT_INTERVAL,
             },
             observers: Vec::new(),
             zero: None,
@@ -180,6 +188,29 @@ impl RuntimeBuilder {
     pub fn panic_policy(mut self, policy: PanicPolicy) -> Self {
         self.defaults.panic_policy = policy;
         self
+    }
+
+    /// Default restart policy of workers (default [`RestartPolicy::never`]).
+    ///
+    /// [`RestartPolicy::never`]: crate::supervise::RestartPolicy::never
+    pub fn restart_policy(mut self, policy: crate::supervise::RestartPolicy) -> Self {
+        self.defaults.restart = policy;
+        self
+    }
+
+    /// Seeds the jitter of restart backoff, for reproducible tests (default: random).
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.settings.jitter_seed = Some(seed);
+        self
+    }
+
+    /// While a shutdown runs longer than this, it reports every `interval` which workers and how
+    /// many commands it still waits for ([`SupervisionKind::ShutdownWaiting`]; default 5 s).
+    ///
+    /// [`SupervisionKind::ShutdownWaiting`]: crate::observe::SupervisionKind::ShutdownWaiting
+    pub fn shutdown_report_interval(mut self, interval: Duration) -> Self {
+        self.settings.shutdown_report_interval = interval;
+        self.nonzero("shutdown_report_interval", interval)
     }
 
     /// Budget of [`Runtime::shutdown`]'s drain and idle-wait phases (default 30 s).

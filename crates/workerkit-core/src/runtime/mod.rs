@@ -4,6 +4,7 @@ mod builder;
 pub(crate) mod ops;
 mod registry;
 mod state;
+pub(crate) mod supervise;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +17,8 @@ use tokio_util::task::TaskTracker;
 
 pub(crate) use builder::Defaults;
 pub use builder::{
-    DEFAULT_COMMAND_TIMEOUT, DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_COMMAND_TIMEOUT, DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_REPORT_INTERVAL,
+    DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT, RuntimeBuilder,
 };
 pub(crate) use state::{State, WorkerEntry, WorkerRecord};
@@ -43,6 +45,8 @@ static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The shared core behind every [`Runtime`] clone and [`WorkerContext`](crate::WorkerContext).
 pub(crate) struct Inner {
+    /// This runtime, weakly (for the tasks it spawns from calls that only borrow it).
+    pub(crate) me: std::sync::Weak<Inner>,
     pub(crate) id: u64,
     pub(crate) name: Arc<str>,
     pub(crate) defaults: Defaults,
@@ -167,7 +171,9 @@ impl Inner {
             return;
         }
         let reason = match (&t.worker, t.to) {
-            (Some(worker), LifecycleState::Failed) => self.lock().last_failure_code(worker),
+            (Some(worker), LifecycleState::Failed | LifecycleState::Restarting) => {
+                self.lock().last_failure_code(worker)
+            }
             _ => None,
         };
         let _ = self.stream.send(crate::observe::StreamEvent {
@@ -220,7 +226,8 @@ impl Inner {
         self.registry.get(local)
     }
 
-    /// Every worker, in registration order.
+    /// Every worker, in registration order (removed ones included: they may still have
+    /// commands to wait for; they have none to list).
     pub(crate) fn all_workers(&self) -> Vec<Arc<WorkerEntry>> {
         self.lock()
             .workers
@@ -334,13 +341,17 @@ impl Runtime {
     ) -> Self {
         let name: Arc<str> = name.into();
         let command_concurrency = settings.command_concurrency;
-        let state = State::new(
+        let mut state = State::new(
             Arc::clone(&name),
             settings.readiness_policy,
             !observers.is_empty(),
         );
+        if let Some(seed) = settings.jitter_seed {
+            state.rng = crate::retry::JitterRng::seeded(seed);
+        }
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
+                me: me.clone(),
                 id: NEXT_RUNTIME_ID.fetch_add(1, Ordering::Relaxed),
                 name,
                 defaults,
@@ -417,7 +428,17 @@ impl Runtime {
             contributes: o.contributes_to_readiness.unwrap_or(d.contributes),
             failure_policy: o.failure_policy.unwrap_or(d.failure_policy),
             panic_policy: o.panic_policy.unwrap_or(d.panic_policy),
+            restart: o.restart.unwrap_or(d.restart),
+            watchdog: o.watchdog,
         };
+        if config.watchdog.map(|w| w.action()) == Some(crate::supervise::StallAction::Restart)
+            && config.restart.mode() == crate::supervise::RestartMode::Never
+        {
+            return Err(RegisterError::Supervision {
+                worker: qualified,
+                error: crate::supervise::SupervisionError::RestartActionWithoutPolicy,
+            });
+        }
         let qualified_arc: Arc<str> = qualified.clone().into();
         let commands = crate::command::build_table(
             &qualified_arc,
@@ -451,6 +472,9 @@ impl Runtime {
                 check,
                 exit: tokio::sync::Notify::new(),
                 check_task: Mutex::new(None),
+                beats: std::sync::atomic::AtomicU64::new(0),
+                children: Mutex::default(),
+                removed: std::sync::atomic::AtomicBool::new(false),
             });
             let record = WorkerRecord {
                 entry: Arc::clone(&entry),
@@ -471,6 +495,8 @@ impl Runtime {
                 last_exit: None,
                 token: Signal::new(),
                 mirrored: (0, LifecycleState::Registered, false),
+                sup: state::Supervision::default(),
+                removed: false,
             };
             st.add_worker(record);
             // Under the state lock: registry insertions are serialised.
@@ -540,6 +566,7 @@ impl Runtime {
         self.inner
             .all_workers()
             .iter()
+            .filter(|entry| !entry.removed.load(Ordering::Acquire))
             .flat_map(|entry| entry.commands.infos())
             .collect()
     }
@@ -598,6 +625,7 @@ impl Runtime {
             .lock()
             .workers
             .iter()
+            .filter(|rec| !rec.removed)
             .map(WorkerRecord::snapshot)
             .collect()
     }
@@ -896,6 +924,27 @@ impl Runtime {
     pub async fn stop_all(&self) -> Result<(), LifecycleError> {
         self.gated(Operation::StopAll, Some(usize::MAX), |inner| async move {
             ops::stop_all(&inner).await
+        })
+        .await
+    }
+
+    /// Removes a worker that is `registered`, `stopped` or `failed` and has no command in
+    /// flight, and returns its last snapshot. Its name can be registered again at once; its
+    /// instance (and a factory's) is dropped. Stop a running worker first.
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`start`](Self::start).
+    ///
+    /// # Errors
+    ///
+    /// [`LifecycleError::InvalidName`], [`WorkerNotFound`](LifecycleError::WorkerNotFound),
+    /// [`InvalidState`](LifecycleError::InvalidState) when the worker is active or restarting,
+    /// [`WorkerBusy`](LifecycleError::WorkerBusy), [`Reentrant`](LifecycleError::Reentrant).
+    pub async fn remove(&self, worker: &str) -> Result<WorkerSnapshot, LifecycleError> {
+        let idx = self.inner.resolve(worker)?;
+        self.gated(Operation::Remove, Some(idx), move |inner| async move {
+            ops::remove(&inner, idx).await
         })
         .await
     }

@@ -181,7 +181,7 @@ pub(super) async fn single(
     );
     let mut timer = Deadline::default();
     let (result, payload) = match operation {
-        Operation::Start => start(inner, idx, &mut timer).await,
+        Operation::Start => start(inner, idx, &mut timer, None).await,
         Operation::Stop => {
             let (result, payload) = stop(inner, idx, None, Instant::now(), &mut timer).await;
             (result.map(|_| ()), payload)
@@ -221,10 +221,14 @@ fn operation_event(
 }
 
 /// Starts one worker (gate held). Returns the panic payload to resume under `Propagate`.
+///
+/// `restart`: the generation of the pending restart this start carries out (from
+/// `restarting`), or `None` for a requested start (from `registered`, `stopped` or `failed`).
 pub(super) async fn start(
     inner: &Arc<Inner>,
     idx: usize,
     timer: &mut Deadline,
+    restart: Option<u64>,
 ) -> (Result<(), LifecycleError>, Option<Payload>) {
     let (begin, _) = inner.mutate(|st, now| {
         if st.shut_down {
@@ -232,7 +236,19 @@ pub(super) async fn start(
                 runtime: inner.name.to_string(),
             });
         }
-        if !st.workers[idx].lifecycle.can_start() {
+        let rec = &st.workers[idx];
+        let startable = match restart {
+            None => rec.lifecycle.can_start() && !rec.removed,
+            Some(generation) => {
+                rec.lifecycle == LifecycleState::Restarting
+                    && rec
+                        .sup
+                        .pending
+                        .as_ref()
+                        .is_some_and(|p| p.generation == generation)
+            }
+        };
+        if !startable {
             return Err(invalid_state(inner, idx, st, Operation::Start));
         }
         st.transition_with(idx, LifecycleState::Starting, now, |rec| {
@@ -243,20 +259,52 @@ pub(super) async fn start(
             rec.failure_reported_during_start = false;
             rec.escalated = false;
             rec.token = crate::task::Signal::new();
+            let sup = &mut rec.sup;
+            sup.pending = None;
+            sup.next_restart_at = None;
+            sup.running_since = None;
+            sup.stalled = false;
+            sup.gave_up = false;
+            if restart.is_some() {
+                sup.restarts += 1;
+                sup.info = rec.last_exit.clone().map(|previous| {
+                    Arc::new(crate::supervise::RestartInfo {
+                        attempt: sup.attempt,
+                        restarts: sup.restarts,
+                        previous,
+                    })
+                });
+            } else {
+                // A requested start begins supervision afresh.
+                sup.info = None;
+                sup.attempt = 0;
+                sup.window.clear();
+            }
         });
         st.set_ready(idx, false, now);
+        if restart.is_some() {
+            let sup = &st.workers[idx].sup;
+            let kind = crate::observe::SupervisionKind::Restarted {
+                restarts: sup.restarts,
+                attempt: sup.attempt,
+            };
+            st.supervision_event(Some(idx), kind, now);
+        }
         let rec = &st.workers[idx];
         Ok((
             Arc::clone(&rec.entry),
             rec.incarnation,
             rec.token.clone(),
             rec.config.clone(),
+            rec.sup.info.clone(),
         ))
     });
-    let (entry, incarnation, token, config) = match begin {
+    let (entry, incarnation, token, config, info) = match begin {
         Ok(begin) => begin,
         Err(err) => return (Err(err), None),
     };
+    // Children of earlier incarnations never outlive them into this one.
+    shut_down_children(&entry, incarnation - 1).await;
     let deadline = config.start_timeout.map(|t| Instant::now() + t);
     let ctx = WorkerContext::new(
         Arc::downgrade(inner),
@@ -265,7 +313,8 @@ pub(super) async fn start(
         incarnation,
         token.clone(),
         deadline,
-    );
+    )
+    .with_restart(info);
 
     let outcome = {
         let mut slot = entry.slot.lock().await;
@@ -296,7 +345,7 @@ pub(super) async fn start(
         let (result, _) = inner.mutate(|st, now| {
             let rec = &st.workers[idx];
             if rec.incarnation != incarnation || rec.lifecycle != LifecycleState::Starting {
-                return Err(invalid_state(inner, idx, st, Operation::Start));
+                return Err((invalid_state(inner, idx, st, Operation::Start), None));
             }
             if rec.failure_reported_during_start {
                 // Row 3: the worker reported a failure during its start; it ends failed, with
@@ -308,6 +357,7 @@ pub(super) async fn start(
                         Failure::new(f.code.clone(), f.message.clone())
                     });
                 let reason = rec.reported_reason;
+                let restartable = restart.is_some() && !rec.escalated;
                 let exit = Exit {
                     incarnation,
                     reason,
@@ -318,15 +368,21 @@ pub(super) async fn start(
                     rec.accepting = false;
                     rec.last_exit = Some(exit.clone());
                 });
-                st.transition(idx, LifecycleState::Failed, now);
+                let decision = super::supervise::decide(st, idx, restartable, false);
+                st.transition(idx, decision.state(), now);
                 st.set_ready(idx, false, now);
+                let plan =
+                    super::supervise::apply(st, idx, &decision, reason, Some(&failure), now);
                 st.workers[idx].entry.exit.notify_waiters();
-                return Err(LifecycleError::StartFailed {
-                    worker: st.workers[idx].entry.qualified.to_string(),
-                    failure,
-                    reason,
-                    cause: None,
-                });
+                return Err((
+                    LifecycleError::StartFailed {
+                        worker: st.workers[idx].entry.qualified.to_string(),
+                        failure,
+                        reason,
+                        cause: None,
+                    },
+                    plan,
+                ));
             }
             let ready = if rec.ready_set_during_start {
                 rec.ready
@@ -341,16 +397,27 @@ pub(super) async fn start(
             st.transition_with(idx, LifecycleState::Running, now, |rec| {
                 rec.accepting = accepting;
                 rec.last_failure = None;
+                rec.sup.running_since = Some(Instant::now());
             });
             st.set_ready(idx, ready, now);
-            Ok(())
+            Ok(None)
         });
+        let (result, plan) = match result {
+            Ok(plan) => (Ok(()), plan),
+            Err((err, plan)) => (Err(err), plan),
+        };
+        super::supervise::spawn(inner, plan);
         if result.is_err() {
             token.cancel();
-        } else if let Some(check) = &entry.check {
-            let handle = check::spawn(inner, ctx.without_deadline(), check.clone());
-            if let Ok(mut slot) = entry.check_task.lock() {
-                *slot = Some(handle);
+        } else {
+            if let Some(check) = &entry.check {
+                let handle = check::spawn(inner, ctx.without_deadline(), check.clone());
+                if let Ok(mut slot) = entry.check_task.lock() {
+                    *slot = Some(handle);
+                }
+            }
+            if let Some(watchdog) = config.watchdog {
+                super::supervise::watch(inner, idx, &entry, incarnation, token, watchdog);
             }
         }
         return (result, None);
@@ -363,6 +430,11 @@ pub(super) async fn start(
     );
     let (cause, payload) = take_cause(outcome, cause);
     token.cancel();
+    let permanent = cause
+        .as_deref()
+        .is_some_and(|err| crate::retry::is_permanent(err));
+    // A panic in a restart's start has no caller to resume on: under `Propagate` it escalates.
+    let escalate = panic && restart.is_some() && config.panic_policy == PanicPolicy::Propagate;
     let (result, _) = inner.mutate(|st, now| {
         let reported = st.workers[idx].failure_reported_during_start;
         let exit = Exit {
@@ -377,24 +449,100 @@ pub(super) async fn start(
                 rec.last_failure = Some(FailureRecord::new(&failure, now));
             }
             rec.last_exit = Some(exit.clone());
+            rec.escalated |= escalate;
         });
-        st.transition(idx, LifecycleState::Failed, now);
+        let restartable = restart.is_some() && !st.workers[idx].escalated;
+        let decision = super::supervise::decide(st, idx, restartable, permanent);
+        st.transition(idx, decision.state(), now);
         st.set_ready(idx, false, now);
         // One failure event per start failure; a panic is always reported (it is news even
         // after a failure the worker reported itself).
         if !reported || panic {
             st.failure_event(idx, incarnation, &failure, cause.clone(), panic, true, now);
         }
+        let plan = super::supervise::apply(st, idx, &decision, reason, Some(&failure), now);
         st.workers[idx].entry.exit.notify_waiters();
-        Err(LifecycleError::StartFailed {
-            worker: st.workers[idx].entry.qualified.to_string(),
-            failure: failure.clone(),
-            reason,
-            cause: cause.clone().map(crate::error::SharedCause::new),
-        })
+        (
+            Err(LifecycleError::StartFailed {
+                worker: st.workers[idx].entry.qualified.to_string(),
+                failure: failure.clone(),
+                reason,
+                cause: cause.clone().map(crate::error::SharedCause::new),
+            }),
+            plan,
+        )
     });
-    let payload = payload.filter(|_| config.panic_policy == PanicPolicy::Propagate);
+    let (result, plan) = result;
+    super::supervise::spawn(inner, plan);
+    let payload = payload.filter(|_| config.panic_policy == PanicPolicy::Propagate && !escalate);
     (result, payload)
+}
+
+/// Aborts and awaits the child tasks (`WorkerContext::spawn`) of incarnations up to
+/// `incarnation`.
+pub(super) async fn shut_down_children(entry: &super::WorkerEntry, incarnation: u64) {
+    let mut children = entry.take_children(incarnation);
+    if !children.is_empty() {
+        children.shutdown().await;
+    }
+}
+
+/// Stops a failed incarnation before its restart (gate held; the worker stays `restarting`):
+/// its `stop` runs under the stop timeout (a failure there is observed, and the restart goes
+/// on: the next start finds out whether the worker can run), then its readiness check and its
+/// child tasks are awaited.
+pub(super) async fn reap(inner: &Arc<Inner>, idx: usize, incarnation: u64, timer: &mut Deadline) {
+    let (entry, token, config) = {
+        let st = inner.lock();
+        let rec = &st.workers[idx];
+        (Arc::clone(&rec.entry), rec.token.clone(), rec.config.clone())
+    };
+    token.cancel();
+    let check_task = entry
+        .check_task
+        .lock()
+        .ok()
+        .and_then(|mut slot| slot.take());
+    if let Some(task) = check_task {
+        let _ = task.await;
+    }
+    let deadline = config.stop_timeout.map(|t| Instant::now() + t);
+    let ctx = WorkerContext::new(
+        Arc::downgrade(inner),
+        idx,
+        &entry,
+        incarnation,
+        token,
+        deadline,
+    );
+    let outcome = {
+        let mut slot = entry.slot.lock().await;
+        let outcome = match slot.as_mut() {
+            Some(worker) => guarded(deadline, timer, worker.stop_dyn(ctx)).await,
+            None => Outcome::Ok,
+        };
+        if matches!(outcome, Outcome::Ok) && entry.factory.is_some() {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| *slot = None)) {
+                Ok(()) => outcome,
+                Err(payload) => Outcome::Panicked(payload),
+            }
+        } else {
+            outcome
+        }
+    };
+    shut_down_children(&entry, incarnation).await;
+    if matches!(outcome, Outcome::Ok) {
+        return;
+    }
+    let (failure, cause, _, panic) = classify(
+        &outcome,
+        format_args!("stopping failed worker {:?}", &*entry.qualified),
+        ExitReason::Failed,
+    );
+    let (cause, _) = take_cause(outcome, cause);
+    inner.mutate(|st, now| {
+        st.failure_event(idx, incarnation, &failure, cause, panic, false, now);
+    });
 }
 
 /// Drains one worker (gate held). Never calls worker code.
@@ -411,6 +559,16 @@ fn drain_locked(
 ) -> Result<(), LifecycleError> {
     match st.workers[idx].lifecycle {
         LifecycleState::Running => {
+            st.transition_with(idx, LifecycleState::Draining, now, |rec| {
+                rec.accepting = false;
+            });
+            st.set_ready(idx, false, now);
+            Ok(())
+        }
+        LifecycleState::Restarting => {
+            // Its pending restart is cancelled; with no incarnation left to drain it waits,
+            // draining, for a stop (which stops the failed incarnation) or a start.
+            super::supervise::cancel(st, idx, now);
             st.transition_with(idx, LifecycleState::Draining, now, |rec| {
                 rec.accepting = false;
             });
@@ -439,6 +597,7 @@ pub(super) async fn stop(
         if !st.workers[idx].lifecycle.can_stop() {
             return Err(invalid_state(inner, idx, st, Operation::Stop));
         }
+        super::supervise::cancel(st, idx, now);
         st.transition_with(idx, LifecycleState::Stopping, now, |rec| {
             rec.accepting = false;
         });
@@ -514,6 +673,8 @@ pub(super) async fn stop(
             outcome
         }
     };
+    // The incarnation has ended: its child tasks go with it.
+    shut_down_children(&entry, incarnation).await;
 
     if matches!(outcome, Outcome::Ok) {
         inner.mutate(|st, now| {
@@ -577,8 +738,76 @@ fn snapshot_states(inner: &Inner) -> Vec<(usize, LifecycleState)> {
         .workers
         .iter()
         .enumerate()
+        .filter(|(_, rec)| !rec.removed)
         .map(|(idx, rec)| (idx, rec.lifecycle))
         .collect()
+}
+
+/// Removes a worker that is not active (gate held): registered, stopped or failed, with no
+/// command in flight. Its name is free again at once; its record stays as a tombstone so that
+/// indices (held by contexts and tasks) stay valid.
+pub(super) async fn remove(
+    inner: &Arc<Inner>,
+    idx: usize,
+) -> Result<crate::status::WorkerSnapshot, LifecycleError> {
+    let began = Instant::now();
+    let worker = Some(Arc::clone(&inner.lock().workers[idx].entry.qualified));
+    operation_event(
+        inner,
+        worker.clone(),
+        Operation::Remove,
+        OperationPhase::Started,
+        began,
+    );
+    let (result, _) = inner.mutate(|st, _| {
+        let rec = &st.workers[idx];
+        if rec.removed
+            || !matches!(
+                rec.lifecycle,
+                LifecycleState::Registered | LifecycleState::Stopped | LifecycleState::Failed
+            )
+        {
+            return Err(invalid_state(inner, idx, st, Operation::Remove));
+        }
+        let in_flight = rec.entry.commands.total();
+        if in_flight > 0 {
+            return Err(LifecycleError::WorkerBusy {
+                worker: rec.entry.qualified.to_string(),
+                in_flight,
+            });
+        }
+        let snapshot = rec.snapshot();
+        st.modify(idx, |rec| {
+            rec.removed = true;
+            rec.sup.cancel();
+            rec.last_failure = None;
+        });
+        // Under the state lock, as registrations are: a registration of the same name after
+        // this sees it gone.
+        st.workers[idx]
+            .entry
+            .removed
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(snapshot)
+    });
+    let entry = Arc::clone(&inner.lock().workers[idx].entry);
+    if result.is_ok() {
+        // Whatever the worker left behind goes now: its instance and its child tasks.
+        let instance = entry.slot.lock().await.take();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(instance))).is_err()
+        {
+            inner.observers.count_panic();
+        }
+        let last = inner.lock().workers[idx].incarnation;
+        shut_down_children(&entry, last).await;
+    }
+    let phase = match &result {
+        Ok(_) => OperationPhase::Succeeded,
+        Err(err) => OperationPhase::Failed(public_failure(err)),
+    };
+    let seq = operation_event(inner, worker, Operation::Remove, phase, began);
+    inner.delivered(seq).await;
+    result
 }
 
 async fn bulk<F, Fut>(
@@ -620,9 +849,10 @@ pub(super) async fn start_all(inner: &Arc<Inner>) -> Result<(), LifecycleError> 
         crate::worker::batched_loops(async {
             for (idx, state) in snapshot_states(inner) {
                 match state {
-                    LifecycleState::Running => {}
+                    // Running, or on its way back.
+                    LifecycleState::Running | LifecycleState::Restarting => {}
                     s if s.can_start() => {
-                        let (result, payload) = start(inner, idx, &mut timer).await;
+                        let (result, payload) = start(inner, idx, &mut timer, None).await;
                         if let Err(err) = result {
                             return (Err(err), payload);
                         }
@@ -654,7 +884,9 @@ const DRAIN_CHUNK: usize = 64;
 pub(super) fn drain_all(inner: &Arc<Inner>) {
     let running: Vec<usize> = snapshot_states(inner)
         .into_iter()
-        .filter(|&(_, state)| state == LifecycleState::Running)
+        .filter(|&(_, state)| {
+            matches!(state, LifecycleState::Running | LifecycleState::Restarting)
+        })
         .map(|(idx, _)| idx)
         .collect();
     for chunk in running.chunks(DRAIN_CHUNK) {
@@ -742,20 +974,40 @@ pub(super) async fn shutdown(
     });
     drain_all(inner);
 
-    // A forced shutdown (`Runtime::force_shutdown`) stops waiting for in-flight commands at once.
-    let idle = tokio::select! {
-        biased;
-        () = inner.force.cancelled() => inner.in_flight() == 0,
-        waited = tokio::time::timeout_at(deadline, inner.wait_all_idle()) => waited.is_ok(),
+    let stopping = std::sync::atomic::AtomicBool::new(false);
+    let phases = async {
+        // A forced shutdown (`Runtime::force_shutdown`) stops waiting for in-flight commands at
+        // once.
+        let idle = tokio::select! {
+            biased;
+            () = inner.force.cancelled() => inner.in_flight() == 0,
+            waited = tokio::time::timeout_at(deadline, inner.wait_all_idle()) => waited.is_ok(),
+        };
+        let abandoned = if idle { 0 } else { inner.in_flight() };
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+        let stop_deadline = if inner.force.is_cancelled() {
+            Instant::now() + options.stop_grace
+        } else {
+            deadline.max(Instant::now() + options.stop_grace)
+        };
+        let stopped = stop_every(inner, Some(stop_deadline)).await;
+        (idle, abandoned, stop_deadline, stopped)
     };
-    let abandoned = if idle { 0 } else { inner.in_flight() };
-
-    let stop_deadline = if inner.force.is_cancelled() {
-        Instant::now() + options.stop_grace
-    } else {
-        deadline.max(Instant::now() + options.stop_grace)
+    tokio::pin!(phases);
+    // While the shutdown runs longer than the report interval, say what it still waits for.
+    let interval = inner.settings.shutdown_report_interval;
+    let mut report = tokio::time::interval_at(began + interval, interval);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (idle, abandoned, stop_deadline, (stopped, errors, payload)) = loop {
+        tokio::select! {
+            biased;
+            out = &mut phases => break out,
+            _ = report.tick() => {
+                let stopping = stopping.load(std::sync::atomic::Ordering::Relaxed);
+                shutdown_waiting(inner, began.elapsed(), stopping);
+            }
+        }
     };
-    let (stopped, errors, payload) = stop_every(inner, Some(stop_deadline)).await;
     inner.mutate(|st, _| st.shut_down = true);
     // Every worker task (loops, checks, `WorkerContext::spawn`) should be gone once its worker
     // stopped; wait for stragglers within what is left of the stop budget, and report the rest.
@@ -798,6 +1050,31 @@ pub(super) async fn shutdown(
         std::panic::resume_unwind(payload);
     }
     result
+}
+
+/// Reports what a long shutdown still waits for: workers not yet stopped (in stop order) and
+/// commands in flight.
+fn shutdown_waiting(inner: &Inner, elapsed: Duration, stopping: bool) {
+    let in_flight = inner.in_flight();
+    inner.mutate(|st, now| {
+        let workers: Vec<Arc<str>> = st
+            .workers
+            .iter()
+            .rev()
+            .filter(|rec| {
+                !rec.removed
+                    && (rec.lifecycle.is_active() || rec.lifecycle == LifecycleState::Restarting)
+            })
+            .map(|rec| Arc::clone(&rec.entry.qualified))
+            .collect();
+        let kind = crate::observe::SupervisionKind::ShutdownWaiting {
+            elapsed,
+            workers,
+            in_flight,
+            phase: if stopping { "stopping" } else { "draining" },
+        };
+        st.supervision_event(None, kind, now);
+    });
 }
 
 // ---- Calls a worker makes through its context (not gated). ----
@@ -900,15 +1177,34 @@ pub(crate) fn fail(
     incarnation: u64,
     failing: Failing,
 ) -> Result<(), ContextError> {
+    fail_with(inner, idx, incarnation, failing, true)
+}
+
+/// [`fail`]; `restartable`: whether the restart policy may restart the incarnation.
+fn fail_with(
+    inner: &Inner,
+    idx: usize,
+    incarnation: u64,
+    failing: Failing,
+    restartable: bool,
+) -> Result<(), ContextError> {
     let Failing {
         failure,
         cause,
         reason,
         panic,
     } = failing;
-    inner
-        .mutate(|st, now| {
+    let permanent = cause
+        .as_deref()
+        .is_some_and(|err| crate::retry::is_permanent(err));
+    let (result, _) = inner.mutate(|st, now| {
+        let result = (|| {
             check_current(st, idx, incarnation)?;
+            if exit_published(st, idx, incarnation) {
+                // This incarnation has already ended (failed, or is restarting): a late report
+                // never overwrites what came after.
+                return Err(context_state_error(st, idx, "report failure"));
+            }
             // A panic with no caller to resume on escalates under `Propagate`.
             let escalate = panic && st.workers[idx].config.panic_policy == PanicPolicy::Propagate;
             let record = FailureRecord::new(&failure, now);
@@ -926,23 +1222,31 @@ pub(crate) fn fail(
                     st.set_ready(idx, false, now);
                     st.failure_event(idx, incarnation, &failure, cause, panic, false, now);
                     st.workers[idx].token.cancel();
-                    Ok(())
+                    Ok(None)
                 }
                 LifecycleState::Running | LifecycleState::Draining => {
+                    // A draining worker is winding down on request: it is not restarted.
+                    let restartable = restartable
+                        && !escalate
+                        && st.workers[idx].lifecycle == LifecycleState::Running;
+                    let decision = super::supervise::decide(st, idx, restartable, permanent);
                     // Transition first: command admission (mirrored on every change, under the
                     // worker's own mutex) must never see a running worker that does not accept
                     // work on its way to failed.
-                    st.transition(idx, LifecycleState::Failed, now);
+                    st.transition(idx, decision.state(), now);
                     st.modify(idx, |rec| {
                         rec.last_failure = Some(record);
                         rec.accepting = false;
                         rec.escalated = escalate;
+                        rec.sup.stalled = false;
                     });
                     st.set_ready(idx, false, now);
                     st.failure_event(idx, incarnation, &failure, cause, panic, true, now);
                     publish_exit_once(st, idx, incarnation, reason, Some(failure.clone()), now);
+                    let plan =
+                        super::supervise::apply(st, idx, &decision, reason, Some(&failure), now);
                     st.workers[idx].token.cancel();
-                    Ok(())
+                    Ok(plan)
                 }
                 LifecycleState::Stopping => {
                     st.modify(idx, |rec| {
@@ -950,12 +1254,95 @@ pub(crate) fn fail(
                         rec.escalated |= escalate;
                     });
                     st.failure_event(idx, incarnation, &failure, cause, panic, false, now);
-                    Ok(())
+                    Ok(None)
                 }
                 _ => Err(context_state_error(st, idx, "report failure")),
             }
-        })
-        .0
+        })();
+        result
+    });
+    result.map(|plan| super::supervise::spawn(inner, plan))
+}
+
+/// Whether the exit of `incarnation` has been published (it failed, or stopped).
+fn exit_published(st: &super::State, idx: usize, incarnation: u64) -> bool {
+    st.workers[idx]
+        .last_exit
+        .as_ref()
+        .is_some_and(|e| e.incarnation == incarnation)
+}
+
+/// The watchdog found worker `idx`'s `incarnation` stalled.
+pub(super) fn stalled(
+    inner: &Inner,
+    idx: usize,
+    incarnation: u64,
+    watchdog: crate::supervise::Watchdog,
+) {
+    use crate::supervise::StallAction;
+    let live = {
+        let st = inner.lock();
+        let rec = &st.workers[idx];
+        rec.incarnation == incarnation
+            && matches!(
+                rec.lifecycle,
+                LifecycleState::Running | LifecycleState::Draining
+            )
+    };
+    if !live {
+        return;
+    }
+    inner.mutate(|st, now| {
+        let rec = &st.workers[idx];
+        if rec.incarnation != incarnation
+            || !matches!(
+                rec.lifecycle,
+                LifecycleState::Running | LifecycleState::Draining
+            )
+        {
+            return;
+        }
+        st.modify(idx, |rec| rec.sup.stalled = true);
+        st.supervision_event(
+            Some(idx),
+            crate::observe::SupervisionKind::Stalled {
+                timeout: watchdog.timeout(),
+                action: watchdog.action(),
+            },
+            now,
+        );
+    });
+    let restartable = match watchdog.action() {
+        StallAction::Cancel => false,
+        StallAction::Restart => true,
+        _ => return,
+    };
+    let failing = Failing {
+        failure: Failure::new(
+            crate::failure::code::STALLED,
+            "worker stalled: no heartbeat within the watchdog timeout",
+        ),
+        cause: None,
+        reason: ExitReason::Stalled,
+        panic: false,
+    };
+    let _ = fail_with(inner, idx, incarnation, failing, restartable);
+}
+
+/// Beats came again after a stall.
+pub(super) fn stall_cleared(inner: &Inner, idx: usize, incarnation: u64) {
+    inner.mutate(|st, now| {
+        let rec = &st.workers[idx];
+        if rec.incarnation != incarnation || !rec.sup.stalled {
+            return;
+        }
+        st.modify(idx, |rec| rec.sup.stalled = false);
+        st.supervision_event(
+            Some(idx),
+            crate::observe::SupervisionKind::StallCleared,
+            now,
+        );
+    });
 }
 
 /// Observes a failure without changing the worker (a loop worker's cleanup failure).
@@ -1005,7 +1392,7 @@ pub(crate) fn command_failure(inner: &Inner, idx: usize, incarnation: u64, faile
         cause,
         panic,
     } = failed;
-    inner.mutate(|st, now| {
+    let (plan, _) = inner.mutate(|st, now| {
         let current = st.workers[idx].incarnation == incarnation;
         if current {
             let record = crate::status::CommandFailureRecord {
@@ -1018,13 +1405,20 @@ pub(crate) fn command_failure(inner: &Inner, idx: usize, incarnation: u64, faile
         }
         let fails_worker = panic
             && current
+            && !exit_published(st, idx, incarnation)
             && matches!(
                 st.workers[idx].lifecycle,
                 LifecycleState::Running | LifecycleState::Draining
             );
+        let decision = if fails_worker {
+            let restartable = st.workers[idx].lifecycle == LifecycleState::Running;
+            super::supervise::decide(st, idx, restartable, false)
+        } else {
+            super::supervise::Decision::Fail
+        };
         if fails_worker {
             // Transition first, as in `fail`: admission never sees running-but-not-accepting.
-            st.transition(idx, LifecycleState::Failed, now);
+            st.transition(idx, decision.state(), now);
             st.modify(idx, |rec| {
                 rec.last_failure = Some(FailureRecord::new(&failure, now));
                 rec.accepting = false;
@@ -1041,16 +1435,27 @@ pub(crate) fn command_failure(inner: &Inner, idx: usize, incarnation: u64, faile
             Some((command, id, attempt)),
             now,
         );
-        if fails_worker {
-            publish_exit_once(
-                st,
-                idx,
-                incarnation,
-                ExitReason::Panicked,
-                Some(failure.clone()),
-                now,
-            );
-            st.workers[idx].token.cancel();
+        if !fails_worker {
+            return None;
         }
+        publish_exit_once(
+            st,
+            idx,
+            incarnation,
+            ExitReason::Panicked,
+            Some(failure.clone()),
+            now,
+        );
+        let plan = super::supervise::apply(
+            st,
+            idx,
+            &decision,
+            ExitReason::Panicked,
+            Some(&failure),
+            now,
+        );
+        st.workers[idx].token.cancel();
+        plan
     });
+    super::supervise::spawn(inner, plan);
 }

@@ -36,6 +36,52 @@ pub(crate) struct WorkerConfig {
     pub(crate) contributes: bool,
     pub(crate) failure_policy: FailurePolicy,
     pub(crate) panic_policy: PanicPolicy,
+    pub(crate) restart: crate::supervise::RestartPolicy,
+    pub(crate) watchdog: Option<crate::supervise::Watchdog>,
+}
+
+/// A scheduled restart: cancelled by firing `cancel` (drain, stop, shutdown, removal).
+pub(crate) struct PendingRestart {
+    /// Which scheduling this is: a supervisor task acts only while its generation is pending.
+    pub(crate) generation: u64,
+    pub(crate) cancel: Signal,
+}
+
+/// A worker's supervision bookkeeping.
+#[derive(Default)]
+pub(crate) struct Supervision {
+    /// Restarts so far (monotonic).
+    pub(crate) restarts: u64,
+    /// The backoff attempt of the next restart, minus one (reset by a healthy run).
+    pub(crate) attempt: u32,
+    /// When the recent restarts were scheduled (at most `max_restarts` entries).
+    pub(crate) window: VecDeque<tokio::time::Instant>,
+    pub(crate) next_restart_at: Option<Timestamp>,
+    pub(crate) gave_up: bool,
+    pub(crate) pending: Option<PendingRestart>,
+    pub(crate) generation: u64,
+    /// When the current incarnation became running.
+    pub(crate) running_since: Option<tokio::time::Instant>,
+    pub(crate) stalled: bool,
+    /// What the next incarnation is told about its restart.
+    pub(crate) info: Option<crate::supervise::SharedRestartInfo>,
+}
+
+impl Supervision {
+    /// Cancels a pending restart, if any.
+    pub(crate) fn cancel(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            pending.cancel.cancel();
+        }
+        self.next_restart_at = None;
+    }
+}
+
+/// The child tasks (`WorkerContext::spawn`) of a worker's latest incarnation.
+#[derive(Default)]
+pub(crate) struct Children {
+    pub(crate) incarnation: u64,
+    pub(crate) set: tokio::task::JoinSet<()>,
 }
 
 /// The parts of a worker that live outside the state lock.
@@ -54,6 +100,27 @@ pub(crate) struct WorkerEntry {
     pub(crate) check_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Commands and their dispatch state.
     pub(crate) commands: crate::command::WorkerCommands,
+    /// Heartbeats (`WorkerContext::beat`), read by the watchdog.
+    pub(crate) beats: std::sync::atomic::AtomicU64,
+    /// Child tasks of the latest incarnation.
+    pub(crate) children: std::sync::Mutex<Children>,
+    /// Set when the worker is removed: lookups skip it.
+    pub(crate) removed: std::sync::atomic::AtomicBool,
+}
+
+impl WorkerEntry {
+    /// Takes the child tasks of incarnations up to `incarnation` (to abort and await them).
+    pub(crate) fn take_children(&self, incarnation: u64) -> tokio::task::JoinSet<()> {
+        let mut children = self
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if children.incarnation <= incarnation {
+            std::mem::take(&mut children.set)
+        } else {
+            tokio::task::JoinSet::new()
+        }
+    }
 }
 
 /// One worker's live record.
@@ -80,6 +147,9 @@ pub(crate) struct WorkerRecord {
     pub(crate) token: Signal,
     /// What was last mirrored into the dispatch state: incarnation, lifecycle, accepting.
     pub(crate) mirrored: (u64, LifecycleState, bool),
+    pub(crate) sup: Supervision,
+    /// Removed from the runtime: kept only so that indices stay stable.
+    pub(crate) removed: bool,
 }
 
 impl WorkerRecord {
@@ -99,6 +169,11 @@ impl WorkerRecord {
             last_exit: self.last_exit.clone(),
             in_flight: self.entry.commands.total(),
             waiting: self.entry.commands.waiting(),
+            restart_policy: self.config.restart.mode(),
+            restarts: self.sup.restarts,
+            next_restart_at: self.sup.next_restart_at,
+            gave_up: self.sup.gave_up,
+            stalled: self.sup.stalled,
         }
     }
 
@@ -112,8 +187,17 @@ impl WorkerRecord {
     }
 
     fn facts(&self) -> Facts {
+        if self.removed {
+            return Facts::default();
+        }
         let failed = self.lifecycle == LifecycleState::Failed;
         Facts {
+            present: true,
+            fail_liveness: self.sup.stalled
+                && self
+                    .config
+                    .watchdog
+                    .is_some_and(|w| w.action() == crate::supervise::StallAction::FailLiveness),
             state: self.lifecycle,
             fail_runtime: failed
                 && (self.escalated || self.config.failure_policy == FailurePolicy::FailRuntime),
@@ -136,8 +220,11 @@ impl WorkerRecord {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Facts {
+    /// Not removed (a removed worker counts nowhere).
+    present: bool,
+    fail_liveness: bool,
     state: LifecycleState,
     fail_runtime: bool,
     unready_failure: bool,
@@ -155,6 +242,7 @@ struct Aggregate {
     contributing: usize,
     contributing_ready: usize,
     ready_running: usize,
+    fail_liveness: usize,
 }
 
 impl Aggregate {
@@ -164,6 +252,11 @@ impl Aggregate {
                 *n = n.saturating_add_signed(sign);
             }
         }
+        if !f.present {
+            return;
+        }
+        add(&mut self.total, true, sign);
+        add(&mut self.fail_liveness, f.fail_liveness, sign);
         add(&mut self.by_state[f.state.index()], true, sign);
         add(&mut self.fail_runtime, f.fail_runtime, sign);
         add(&mut self.unready_failure, f.unready_failure, sign);
@@ -190,6 +283,8 @@ impl Aggregate {
             Failed
         } else if self.count(Starting) > 0 {
             Starting
+        } else if self.count(Restarting) > 0 {
+            Restarting
         } else if self.count(Draining) > 0 {
             Draining
         } else if self.count(Stopping) > 0 {
@@ -207,7 +302,10 @@ impl Aggregate {
 
     fn transitional(&self) -> usize {
         use LifecycleState::*;
-        self.count(Starting) + self.count(Draining) + self.count(Stopping)
+        self.count(Starting)
+            + self.count(Draining)
+            + self.count(Stopping)
+            + self.count(Restarting)
     }
 
     fn ready(&self, policy: ReadinessPolicy) -> bool {
@@ -250,6 +348,8 @@ pub(crate) struct State {
     next_seq: u64,
     pub(crate) emitting: bool,
     pub(crate) version: u64,
+    /// Jitter for restart backoff.
+    pub(crate) rng: crate::retry::JitterRng,
 }
 
 impl State {
@@ -270,12 +370,12 @@ impl State {
             next_seq: 1,
             emitting: false,
             version: 0,
+            rng: crate::retry::JitterRng::from_entropy(),
         }
     }
 
     pub(crate) fn add_worker(&mut self, record: WorkerRecord) -> usize {
         let idx = self.workers.len();
-        self.aggregate.total += 1;
         self.aggregate.apply(record.facts(), 1);
         self.workers.push(record);
         idx
@@ -470,6 +570,33 @@ impl State {
         });
     }
 
+    /// Queues a supervision event (about worker `idx`, or the runtime when `None`).
+    pub(crate) fn supervision_event(
+        &mut self,
+        idx: Option<usize>,
+        kind: crate::observe::SupervisionKind,
+        now: Timestamp,
+    ) {
+        let runtime = Arc::clone(&self.runtime);
+        let (worker, incarnation) = match idx {
+            Some(idx) => (
+                Some(Arc::clone(&self.workers[idx].entry.qualified)),
+                self.workers[idx].incarnation,
+            ),
+            None => (None, 0),
+        };
+        self.push(|seq| {
+            Event::Supervision(crate::observe::SupervisionEvent {
+                seq,
+                runtime,
+                worker,
+                incarnation,
+                kind,
+                at: now,
+            })
+        });
+    }
+
     pub(crate) fn operation_event(
         &mut self,
         worker: Option<Arc<str>>,
@@ -540,7 +667,7 @@ impl State {
             state: self.runtime_state,
             ready: self.ready,
             in_flight: 0,
-            workers: self.workers.len(),
+            workers: self.aggregate.total,
             last_transition: self.last_transition.clone(),
             shutting_down: self.shutting_down,
             shut_down: self.shut_down,
@@ -550,6 +677,7 @@ impl State {
     pub(crate) fn readiness_items(&self) -> Vec<ReadinessItem> {
         self.workers
             .iter()
+            .filter(|rec| !rec.removed)
             .map(|rec| ReadinessItem {
                 name: Arc::clone(&rec.entry.local),
                 ready: rec.lifecycle == LifecycleState::Running && rec.ready,
@@ -568,15 +696,31 @@ impl State {
             )
     }
 
-    /// Why the runtime is not live (empty when live).
+    /// Why the runtime is not live (empty when live): the runtime failed, or a worker whose
+    /// watchdog action is `fail_liveness` is stalled.
     pub(crate) fn liveness_reasons(&self) -> Vec<String> {
+        let mut stalled: Vec<String> = Vec::new();
+        if self.aggregate.fail_liveness > 0 {
+            stalled = self
+                .workers
+                .iter()
+                .filter(|rec| rec.facts().fail_liveness)
+                .map(|rec| {
+                    let timeout = rec.config.watchdog.map_or(Duration::ZERO, |w| w.timeout());
+                    format!(
+                        "worker {:?} stalled (no heartbeat within {timeout:?}; watchdog action fail_liveness)",
+                        &*rec.entry.qualified
+                    )
+                })
+                .collect();
+        }
         if self.runtime_state != LifecycleState::Failed {
-            return Vec::new();
+            return stalled;
         }
         let mut reasons: Vec<String> = self
             .workers
             .iter()
-            .filter(|rec| rec.lifecycle == LifecycleState::Failed)
+            .filter(|rec| rec.lifecycle == LifecycleState::Failed && !rec.removed)
             .map(|rec| {
                 let code = rec
                     .last_failure
@@ -591,6 +735,7 @@ impl State {
             })
             .collect();
         reasons.insert(0, format!("runtime {:?} failed", &*self.runtime));
+        reasons.extend(stalled);
         reasons
     }
 }

@@ -23,17 +23,17 @@ use crate::status::{ExitReason, WorkerStatus};
 pub struct WorkerContext {
     inner: Weak<Inner>,
     idx: usize,
-    local: Arc<str>,
-    qualified: Arc<str>,
+    entry: Arc<crate::runtime::WorkerEntry>,
     incarnation: u64,
     token: Signal,
     deadline: Option<Instant>,
+    restart: Option<crate::supervise::SharedRestartInfo>,
 }
 
 impl fmt::Debug for WorkerContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkerContext")
-            .field("worker", &self.qualified)
+            .field("worker", &self.entry.qualified)
             .field("incarnation", &self.incarnation)
             .field("stop_requested", &self.token.is_cancelled())
             .field("deadline", &self.deadline)
@@ -45,7 +45,7 @@ impl WorkerContext {
     pub(crate) fn new(
         inner: Weak<Inner>,
         idx: usize,
-        entry: &crate::runtime::WorkerEntry,
+        entry: &Arc<crate::runtime::WorkerEntry>,
         incarnation: u64,
         token: Signal,
         deadline: Option<Instant>,
@@ -53,12 +53,17 @@ impl WorkerContext {
         Self {
             inner,
             idx,
-            local: Arc::clone(&entry.local),
-            qualified: Arc::clone(&entry.qualified),
+            entry: Arc::clone(entry),
             incarnation,
             token,
             deadline,
+            restart: None,
         }
+    }
+
+    pub(crate) fn with_restart(mut self, info: Option<crate::supervise::SharedRestartInfo>) -> Self {
+        self.restart = info;
+        self
     }
 
     pub(crate) fn without_deadline(&self) -> Self {
@@ -72,7 +77,7 @@ impl WorkerContext {
         self.inner
             .upgrade()
             .ok_or_else(|| ContextError::RuntimeGone {
-                worker: self.qualified.to_string(),
+                worker: self.entry.qualified.to_string(),
             })
     }
 
@@ -95,13 +100,30 @@ impl WorkerContext {
     /// The worker's local name.
     #[must_use]
     pub fn name(&self) -> &str {
-        &self.local
+        &self.entry.local
     }
 
     /// The worker's qualified name, `runtime/worker`.
     #[must_use]
     pub fn qualified_name(&self) -> &str {
-        &self.qualified
+        &self.entry.qualified
+    }
+
+    /// For an incarnation started by the restart policy: the restart attempt, the restart count
+    /// and how the previous incarnation ended. `None` for a requested start.
+    #[must_use]
+    pub fn restart(&self) -> Option<&crate::supervise::RestartInfo> {
+        self.restart.as_deref()
+    }
+
+    /// A heartbeat for the worker's [`Watchdog`](crate::supervise::Watchdog): one relaxed
+    /// counter increment (no clock read, no wake-up). Call it from the worker's loop at least
+    /// once per watchdog timeout. Without a watchdog it does nothing useful and costs as little.
+    #[inline]
+    pub fn beat(&self) {
+        self.entry
+            .beats
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// This incarnation's number: 1 for the first start, then 2, 3, ...
@@ -140,10 +162,12 @@ impl WorkerContext {
         }
     }
 
-    /// Spawns `future` as part of this incarnation: it is dropped as soon as the incarnation is
-    /// asked to stop (or ends by failure). Its output is discarded; a panic in it is contained
-    /// and does not affect the worker.
-    pub fn spawn<F>(&self, future: F) -> JoinHandle<()>
+    /// Spawns `future` as a child task of this incarnation: it is dropped as soon as the
+    /// incarnation is asked to stop (or ends by failure), and the runtime aborts and awaits it
+    /// when the incarnation ends (before a stop returns, and before a restart starts the next
+    /// incarnation), so no child outlives its incarnation. Its output is discarded; a panic in
+    /// it is contained and does not affect the worker.
+    pub fn spawn<F>(&self, future: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
@@ -154,9 +178,25 @@ impl WorkerContext {
                 () = future => {}
             }
         };
-        match self.inner.upgrade() {
-            Some(inner) => crate::task::spawn(&inner.tracker, task),
-            None => crate::task::spawn(&tokio_util::task::TaskTracker::new(), task),
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let mut children = self
+            .entry
+            .children
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Finished children leave the set now, so a worker that spawns many short tasks does
+        // not keep their results.
+        while children.set.try_join_next().is_some() {}
+        if children.incarnation < self.incarnation {
+            // The first child of a new incarnation; an older set still here was never reaped
+            // (dropping a `JoinSet` aborts its tasks).
+            children.incarnation = self.incarnation;
+            children.set = tokio::task::JoinSet::new();
+        }
+        if children.incarnation == self.incarnation && !self.token.is_cancelled() {
+            crate::task::spawn_into(&mut children.set, &inner.tracker, task);
         }
     }
 

@@ -165,6 +165,8 @@ pub(crate) struct Overrides {
     pub(crate) contributes_to_readiness: Option<bool>,
     pub(crate) failure_policy: Option<FailurePolicy>,
     pub(crate) panic_policy: Option<PanicPolicy>,
+    pub(crate) restart: Option<crate::supervise::RestartPolicy>,
+    pub(crate) watchdog: Option<crate::supervise::Watchdog>,
 }
 
 impl Default for Overrides {
@@ -177,6 +179,8 @@ impl Default for Overrides {
             contributes_to_readiness: None,
             failure_policy: None,
             panic_policy: None,
+            restart: None,
+            watchdog: None,
         }
     }
 }
@@ -310,6 +314,23 @@ impl WorkerSpec {
     /// What a panic in this worker's code does.
     pub fn panic_policy(mut self, policy: PanicPolicy) -> Self {
         self.overrides.panic_policy = Some(policy);
+        self
+    }
+
+    /// This worker's restart policy (default: the runtime's, which defaults to never). See
+    /// [`supervise`](crate::supervise).
+    pub fn restart(mut self, policy: crate::supervise::RestartPolicy) -> Self {
+        self.overrides.restart = Some(policy);
+        self
+    }
+
+    /// A heartbeat watchdog for this worker (default: none). The worker calls
+    /// [`WorkerContext::beat`] at least once per timeout. [`StallAction::Restart`] needs a
+    /// restart policy other than never (a registration error otherwise).
+    ///
+    /// [`StallAction::Restart`]: crate::supervise::StallAction::Restart
+    pub fn watchdog(mut self, watchdog: crate::supervise::Watchdog) -> Self {
+        self.overrides.watchdog = Some(watchdog);
         self
     }
 
