@@ -101,9 +101,8 @@ pub use observe::Observer;
 pub use policy::{FailurePolicy, PanicPolicy, ReadinessPolicy};
 pub use runtime::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_REPORT_INTERVAL,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT, Runtime, RuntimeBuilder,
-    ShutdownOptions, StatusWatch,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT,
+    Runtime, RuntimeBuilder, ShutdownOptions, StatusWatch,
 };
 pub use status::ExitReason;
 pub use time::Timestamp;

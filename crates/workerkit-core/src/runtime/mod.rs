@@ -18,8 +18,8 @@ use tokio_util::task::TaskTracker;
 pub(crate) use builder::Defaults;
 pub use builder::{
     DEFAULT_COMMAND_TIMEOUT, DEFAULT_OBSERVER_FLUSH_TIMEOUT, DEFAULT_SHUTDOWN_REPORT_INTERVAL,
-    DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT, RuntimeBuilder,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_START_TIMEOUT, DEFAULT_STOP_GRACE, DEFAULT_STOP_TIMEOUT,
+    RuntimeBuilder,
 };
 pub(crate) use state::{State, WorkerEntry, WorkerRecord};
 
@@ -46,7 +46,7 @@ static NEXT_RUNTIME_ID: AtomicU64 = AtomicU64::new(1);
 /// The shared core behind every [`Runtime`] clone and [`WorkerContext`](crate::WorkerContext).
 pub(crate) struct Inner {
     /// This runtime, weakly (for the tasks it spawns from calls that only borrow it).
-    pub(crate) me: std::sync::Weak<Inner>,
+    pub(crate) me: std::sync::Weak<Self>,
     pub(crate) id: u64,
     pub(crate) name: Arc<str>,
     pub(crate) defaults: Defaults,

@@ -345,7 +345,7 @@ pub(super) async fn start(
         let (result, _) = inner.mutate(|st, now| {
             let rec = &st.workers[idx];
             if rec.incarnation != incarnation || rec.lifecycle != LifecycleState::Starting {
-                return Err((invalid_state(inner, idx, st, Operation::Start), None));
+                return (Err(invalid_state(inner, idx, st, Operation::Start)), None);
             }
             if rec.failure_reported_during_start {
                 // Row 3: the worker reported a failure during its start; it ends failed, with
@@ -371,18 +371,17 @@ pub(super) async fn start(
                 let decision = super::supervise::decide(st, idx, restartable, false);
                 st.transition(idx, decision.state(), now);
                 st.set_ready(idx, false, now);
-                let plan =
-                    super::supervise::apply(st, idx, &decision, reason, Some(&failure), now);
+                let plan = super::supervise::apply(st, idx, &decision, reason, Some(&failure), now);
                 st.workers[idx].entry.exit.notify_waiters();
-                return Err((
-                    LifecycleError::StartFailed {
+                return (
+                    Err(LifecycleError::StartFailed {
                         worker: st.workers[idx].entry.qualified.to_string(),
                         failure,
                         reason,
                         cause: None,
-                    },
+                    }),
                     plan,
-                ));
+                );
             }
             let ready = if rec.ready_set_during_start {
                 rec.ready
@@ -400,12 +399,9 @@ pub(super) async fn start(
                 rec.sup.running_since = Some(Instant::now());
             });
             st.set_ready(idx, ready, now);
-            Ok(None)
+            (Ok(()), None)
         });
-        let (result, plan) = match result {
-            Ok(plan) => (Ok(()), plan),
-            Err((err, plan)) => (Err(err), plan),
-        };
+        let (result, plan) = result;
         super::supervise::spawn(inner, plan);
         if result.is_err() {
             token.cancel();
@@ -495,7 +491,11 @@ pub(super) async fn reap(inner: &Arc<Inner>, idx: usize, incarnation: u64, timer
     let (entry, token, config) = {
         let st = inner.lock();
         let rec = &st.workers[idx];
-        (Arc::clone(&rec.entry), rec.token.clone(), rec.config.clone())
+        (
+            Arc::clone(&rec.entry),
+            rec.token.clone(),
+            rec.config.clone(),
+        )
     };
     token.cancel();
     let check_task = entry
@@ -794,8 +794,7 @@ pub(super) async fn remove(
     if result.is_ok() {
         // Whatever the worker left behind goes now: its instance and its child tasks.
         let instance = entry.slot.lock().await.take();
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(instance))).is_err()
-        {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(instance))).is_err() {
             inner.observers.count_panic();
         }
         let last = inner.lock().workers[idx].incarnation;
@@ -884,9 +883,7 @@ const DRAIN_CHUNK: usize = 64;
 pub(super) fn drain_all(inner: &Arc<Inner>) {
     let running: Vec<usize> = snapshot_states(inner)
         .into_iter()
-        .filter(|&(_, state)| {
-            matches!(state, LifecycleState::Running | LifecycleState::Restarting)
-        })
+        .filter(|&(_, state)| matches!(state, LifecycleState::Running | LifecycleState::Restarting))
         .map(|(idx, _)| idx)
         .collect();
     for chunk in running.chunks(DRAIN_CHUNK) {
@@ -1198,7 +1195,7 @@ fn fail_with(
         .as_deref()
         .is_some_and(|err| crate::retry::is_permanent(err));
     let (result, _) = inner.mutate(|st, now| {
-        let result = (|| {
+        (|| {
             check_current(st, idx, incarnation)?;
             if exit_published(st, idx, incarnation) {
                 // This incarnation has already ended (failed, or is restarting): a late report
@@ -1258,8 +1255,7 @@ fn fail_with(
                 }
                 _ => Err(context_state_error(st, idx, "report failure")),
             }
-        })();
-        result
+        })()
     });
     result.map(|plan| super::supervise::spawn(inner, plan))
 }

@@ -302,10 +302,7 @@ impl Aggregate {
 
     fn transitional(&self) -> usize {
         use LifecycleState::*;
-        self.count(Starting)
-            + self.count(Draining)
-            + self.count(Stopping)
-            + self.count(Restarting)
+        self.count(Starting) + self.count(Draining) + self.count(Stopping) + self.count(Restarting)
     }
 
     fn ready(&self, policy: ReadinessPolicy) -> bool {

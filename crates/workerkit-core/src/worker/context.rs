@@ -61,7 +61,10 @@ impl WorkerContext {
         }
     }
 
-    pub(crate) fn with_restart(mut self, info: Option<crate::supervise::SharedRestartInfo>) -> Self {
+    pub(crate) fn with_restart(
+        mut self,
+        info: Option<crate::supervise::SharedRestartInfo>,
+    ) -> Self {
         self.restart = info;
         self
     }
