@@ -33,13 +33,15 @@ pub enum Recorded {
     CommandStart(CommandStartEvent),
     /// A dispatch ended (exactly one per [`Recorded::CommandStart`]).
     CommandEnd(CommandEndEvent),
+    /// A supervision event.
+    Supervision(crate::observe::SupervisionEvent),
 }
 
 impl Recorded {
     /// A compact text form for assertions: `T rt/a registered->starting`, `T rt registered->
     /// starting` (runtime), `R rt/a true`, `F rt/a worker_failed`, `F! rt/a panic` (panic),
     /// `O start started`, `C rt/a ready`, `S rt/a/cmd` (command start), `E rt/a/cmd succeeded`
-    /// (command end, with its outcome).
+    /// (command end, with its outcome), `U rt/a restart_scheduled` (supervision).
     #[must_use]
     pub fn brief(&self) -> String {
         fn who(worker: Option<&Arc<str>>, runtime: &str) -> String {
@@ -71,6 +73,9 @@ impl Recorded {
             Self::CheckEnd(e) => format!("C {} {}", e.worker, e.outcome.as_str()),
             Self::CommandStart(e) => format!("S {}/{}", e.worker, e.command),
             Self::CommandEnd(e) => format!("E {}/{} {}", e.worker, e.command, e.outcome.as_str()),
+            Self::Supervision(e) => {
+                format!("U {} {}", who(e.worker.as_ref(), &e.runtime), e.kind.name())
+            }
         }
     }
 }
@@ -114,7 +119,10 @@ impl RecordingObserver {
             .filter(|e| {
                 matches!(
                     e,
-                    Recorded::Transition(_) | Recorded::Readiness(_) | Recorded::Failure(_)
+                    Recorded::Transition(_)
+                        | Recorded::Readiness(_)
+                        | Recorded::Failure(_)
+                        | Recorded::Supervision(_)
                 )
             })
             .map(Recorded::brief)
@@ -198,6 +206,9 @@ impl Observer for RecordingObserver {
     }
     fn on_check_start(&self, event: &CheckStartEvent) {
         self.push(Recorded::CheckStart(event.clone()));
+    }
+    fn on_supervision(&self, event: &crate::observe::SupervisionEvent) {
+        self.push(Recorded::Supervision(event.clone()));
     }
     fn on_check_end(&self, event: &CheckEndEvent) {
         self.push(Recorded::CheckEnd(event.clone()));
