@@ -1,5 +1,5 @@
 //! A Mermaid rendering of a runtime: the runtime, its workers in registration order, their
-//! states, readiness, incarnations and in-flight commands, for a README, a dashboard or an
+//! states, readiness, incarnations, restarts (and give-ups and stalls) and in-flight commands, for a README, a dashboard or an
 //! operator's terminal (`GET {p}/diagram` in `workerkit-opshttp`).
 //!
 //! ```
@@ -41,7 +41,7 @@ pub fn mermaid(status: &RuntimeStatus, workers: &[WorkerSnapshot]) -> String {
             out,
             "    runtime --> w{index}[\"{}<br/>{}\"]",
             escape(&worker.name),
-            summary(s.state, s.ready, s.in_flight, Some(s.incarnation))
+            summary(s.state, s.ready, s.in_flight, Some(s.incarnation)) + &supervision(s)
         );
         let _ = writeln!(out, "    class w{index} {}", s.state.as_str());
     }
@@ -52,7 +52,7 @@ pub fn mermaid(status: &RuntimeStatus, workers: &[WorkerSnapshot]) -> String {
 }
 
 /// One colour per state: green running, amber in transition, grey idle, red failed.
-const STYLES: [(LifecycleState, &str); 7] = [
+const STYLES: [(LifecycleState, &str); 8] = [
     (LifecycleState::Registered, "fill:#eeeeee,stroke:#999999"),
     (LifecycleState::Starting, "fill:#fff3cd,stroke:#d39e00"),
     (LifecycleState::Running, "fill:#d4edda,stroke:#28a745"),
@@ -60,7 +60,23 @@ const STYLES: [(LifecycleState, &str); 7] = [
     (LifecycleState::Stopping, "fill:#fff3cd,stroke:#d39e00"),
     (LifecycleState::Stopped, "fill:#eeeeee,stroke:#999999"),
     (LifecycleState::Failed, "fill:#f8d7da,stroke:#dc3545"),
+    (LifecycleState::Restarting, "fill:#ffe5b4,stroke:#fd7e14"),
 ];
+
+/// The supervision badges of a worker: restarts, a pending restart, a give-up, a stall.
+fn supervision(s: &crate::status::WorkerStatus) -> String {
+    let mut text = String::new();
+    if s.restarts > 0 {
+        let _ = write!(text, " · restarts {}", s.restarts);
+    }
+    if s.gave_up {
+        text.push_str(" · gave up");
+    }
+    if s.stalled {
+        text.push_str(" · stalled");
+    }
+    text
+}
 
 fn summary(
     state: LifecycleState,

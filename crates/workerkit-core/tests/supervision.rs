@@ -1148,3 +1148,34 @@ async fn a_long_shutdown_reports_what_it_waits_for() {
         );
     }
 }
+
+/// Pitfall #18 and the diagram: restart counts and the `restarting` state are shown, and any
+/// worker name gives a valid diagram (every label character outside a safe set is an entity).
+#[tokio::test(start_paused = true)]
+async fn pitfall_18_the_diagram_shows_restarts_with_escaped_names() {
+    let rt = Runtime::builder("rt").build().unwrap();
+    let script = Script::new([Act::Fail, Act::Fail]);
+    rt.register(script.spec("flaky").restart(constant(1000)))
+        .unwrap();
+    rt.start("flaky").await.unwrap();
+    until_worker(&rt, "flaky", |s| {
+        s.restarts == 1 && s.state == LifecycleState::Restarting
+    })
+    .await;
+    let text = workerkit_core::diagram::mermaid(&rt.status(), &rt.workers());
+    assert!(
+        text.contains("restarting · not ready · incarnation 2 · restarts 1"),
+        "{text}"
+    );
+    assert!(text.contains("class w0 restarting"), "{text}");
+    assert!(text.contains("classDef restarting "), "{text}");
+    for line in text.lines().filter(|l| l.contains("-->")) {
+        let label = line.split_once("[\"").unwrap().1.trim_end_matches("\"]");
+        assert!(
+            label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || " _./-#;<>·".contains(c)),
+            "{label}"
+        );
+    }
+}
