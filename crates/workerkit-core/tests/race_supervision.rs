@@ -142,7 +142,7 @@ async fn scenario(seed: u64, steps: usize) -> (usize, usize) {
     let mut ops = JoinSet::new();
     let mut dispatches = JoinSet::new();
     let mut dispatched = 0_usize;
-    let mut seen = vec![(0_u64, 0_u64, 0_u64); WORKERS]; // (incarnation, exit incarnation, restarts)
+    let mut seen = [(0_u64, 0_u64, 0_u64); WORKERS]; // (incarnation, exit incarnation, restarts)
     for step in 0..steps {
         let w = usize::try_from(rng.next_u64() % WORKERS as u64).unwrap();
         let name = names[w].clone();
