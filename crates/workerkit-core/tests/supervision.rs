@@ -1179,3 +1179,22 @@ async fn pitfall_18_the_diagram_shows_restarts_with_escaped_names() {
         );
     }
 }
+
+/// A stalled worker that is stopped no longer fails liveness, nor shows as stalled.
+#[tokio::test(start_paused = true)]
+async fn stopping_a_stalled_worker_clears_the_stall() {
+    let rt = Runtime::builder("rt").build().unwrap();
+    let script = Script::new([Act::Run]);
+    rt.register(
+        script
+            .spec("w")
+            .watchdog(Watchdog::new(Duration::from_secs(1), StallAction::FailLiveness).unwrap()),
+    )
+    .unwrap();
+    rt.start("w").await.unwrap();
+    until_worker(&rt, "w", |s| s.stalled).await;
+    assert!(!rt.liveness().live);
+    rt.stop("w").await.unwrap();
+    assert!(rt.liveness().live, "{:?}", rt.liveness().reasons);
+    assert!(!status(&rt, "w").stalled);
+}

@@ -600,6 +600,7 @@ pub(super) async fn stop(
         super::supervise::cancel(st, idx, now);
         st.transition_with(idx, LifecycleState::Stopping, now, |rec| {
             rec.accepting = false;
+            rec.sup.stalled = false;
         });
         st.set_ready(idx, false, now);
         let rec = &st.workers[idx];

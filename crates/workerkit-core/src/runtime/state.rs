@@ -194,6 +194,10 @@ impl WorkerRecord {
         Facts {
             present: true,
             fail_liveness: self.sup.stalled
+                && matches!(
+                    self.lifecycle,
+                    LifecycleState::Running | LifecycleState::Draining
+                )
                 && self
                     .config
                     .watchdog
