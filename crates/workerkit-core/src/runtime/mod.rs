@@ -428,11 +428,19 @@ impl Runtime {
             contributes: o.contributes_to_readiness.unwrap_or(d.contributes),
             failure_policy: o.failure_policy.unwrap_or(d.failure_policy),
             panic_policy: o.panic_policy.unwrap_or(d.panic_policy),
-            restart: o.restart.unwrap_or(d.restart),
-            watchdog: o.watchdog,
+            supervision: {
+                let restart = o.restart.unwrap_or(d.restart);
+                (restart.mode() != crate::supervise::RestartMode::Never || o.watchdog.is_some())
+                    .then(|| {
+                        Arc::new(state::SupervisionConfig {
+                            restart,
+                            watchdog: o.watchdog,
+                        })
+                    })
+            },
         };
-        if config.watchdog.map(|w| w.action()) == Some(crate::supervise::StallAction::Restart)
-            && config.restart.mode() == crate::supervise::RestartMode::Never
+        if config.watchdog().map(|w| w.action()) == Some(crate::supervise::StallAction::Restart)
+            && config.restart().mode() == crate::supervise::RestartMode::Never
         {
             return Err(RegisterError::Supervision {
                 worker: qualified,
@@ -495,7 +503,7 @@ impl Runtime {
                 last_exit: None,
                 token: Signal::new(),
                 mirrored: (0, LifecycleState::Registered, false),
-                sup: state::Supervision::default(),
+                sup: state::Sup::default(),
                 removed: false,
             };
             st.add_worker(record);

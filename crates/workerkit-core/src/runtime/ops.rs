@@ -241,11 +241,7 @@ pub(super) async fn start(
             None => rec.lifecycle.can_start() && !rec.removed,
             Some(generation) => {
                 rec.lifecycle == LifecycleState::Restarting
-                    && rec
-                        .sup
-                        .pending
-                        .as_ref()
-                        .is_some_and(|p| p.generation == generation)
+                    && rec.sup.pending_generation() == Some(generation)
             }
         };
         if !startable {
@@ -259,31 +255,34 @@ pub(super) async fn start(
             rec.failure_reported_during_start = false;
             rec.escalated = false;
             rec.token = crate::task::Signal::new();
-            let sup = &mut rec.sup;
-            sup.pending = None;
-            sup.next_restart_at = None;
-            sup.running_since = None;
-            sup.stalled = false;
-            sup.gave_up = false;
             if restart.is_some() {
+                let previous = rec.last_exit.clone();
+                let sup = rec.sup.make();
+                sup.pending = None;
+                sup.next_restart_at = None;
+                sup.running_since = None;
+                sup.stalled = false;
                 sup.restarts += 1;
-                sup.info = rec.last_exit.clone().map(|previous| {
+                sup.info = previous.map(|previous| {
                     Arc::new(crate::supervise::RestartInfo {
                         attempt: sup.attempt,
                         restarts: sup.restarts,
                         previous,
                     })
                 });
-            } else {
-                // A requested start begins supervision afresh.
+            } else if let Some(sup) = rec.sup.existing() {
+                // A requested start begins supervision afresh (the restart count stays).
+                sup.cancel();
+                sup.running_since = None;
+                sup.stalled = false;
+                sup.gave_up = false;
                 sup.info = None;
                 sup.attempt = 0;
                 sup.window.clear();
             }
         });
         st.set_ready(idx, false, now);
-        if restart.is_some() {
-            let sup = &st.workers[idx].sup;
+        if let Some(sup) = st.workers[idx].sup.get().filter(|_| restart.is_some()) {
             let kind = crate::observe::SupervisionKind::Restarted {
                 restarts: sup.restarts,
                 attempt: sup.attempt,
@@ -296,7 +295,7 @@ pub(super) async fn start(
             rec.incarnation,
             rec.token.clone(),
             rec.config.clone(),
-            rec.sup.info.clone(),
+            rec.sup.get().and_then(|s| s.info.clone()),
         ))
     });
     let (entry, incarnation, token, config, info) = match begin {
@@ -396,7 +395,9 @@ pub(super) async fn start(
             st.transition_with(idx, LifecycleState::Running, now, |rec| {
                 rec.accepting = accepting;
                 rec.last_failure = None;
-                rec.sup.running_since = Some(Instant::now());
+                if rec.config.supervision.is_some() {
+                    rec.sup.make().running_since = Some(Instant::now());
+                }
             });
             st.set_ready(idx, ready, now);
             (Ok(()), None)
@@ -412,7 +413,7 @@ pub(super) async fn start(
                     *slot = Some(handle);
                 }
             }
-            if let Some(watchdog) = config.watchdog {
+            if let Some(watchdog) = config.watchdog() {
                 super::supervise::watch(inner, idx, &entry, incarnation, token, watchdog);
             }
         }
@@ -600,7 +601,7 @@ pub(super) async fn stop(
         super::supervise::cancel(st, idx, now);
         st.transition_with(idx, LifecycleState::Stopping, now, |rec| {
             rec.accepting = false;
-            rec.sup.stalled = false;
+            rec.sup.set_stalled(false);
         });
         st.set_ready(idx, false, now);
         let rec = &st.workers[idx];
@@ -1236,7 +1237,7 @@ fn fail_with(
                         rec.last_failure = Some(record);
                         rec.accepting = false;
                         rec.escalated = escalate;
-                        rec.sup.stalled = false;
+                        rec.sup.set_stalled(false);
                     });
                     st.set_ready(idx, false, now);
                     st.failure_event(idx, incarnation, &failure, cause, panic, true, now);
@@ -1299,7 +1300,7 @@ pub(super) fn stalled(
         {
             return;
         }
-        st.modify(idx, |rec| rec.sup.stalled = true);
+        st.modify(idx, |rec| rec.sup.set_stalled(true));
         st.supervision_event(
             Some(idx),
             crate::observe::SupervisionKind::Stalled {
@@ -1330,10 +1331,10 @@ pub(super) fn stalled(
 pub(super) fn stall_cleared(inner: &Inner, idx: usize, incarnation: u64) {
     inner.mutate(|st, now| {
         let rec = &st.workers[idx];
-        if rec.incarnation != incarnation || !rec.sup.stalled {
+        if rec.incarnation != incarnation || !rec.sup.stalled() {
             return;
         }
-        st.modify(idx, |rec| rec.sup.stalled = false);
+        st.modify(idx, |rec| rec.sup.set_stalled(false));
         st.supervision_event(
             Some(idx),
             crate::observe::SupervisionKind::StallCleared,

@@ -36,8 +36,28 @@ pub(crate) struct WorkerConfig {
     pub(crate) contributes: bool,
     pub(crate) failure_policy: FailurePolicy,
     pub(crate) panic_policy: PanicPolicy,
+    /// Restart policy and watchdog; `None` for the common case of neither (kept out of line:
+    /// every worker carries its config).
+    pub(crate) supervision: Option<Arc<SupervisionConfig>>,
+}
+
+/// A worker's supervision settings.
+#[derive(Debug)]
+pub(crate) struct SupervisionConfig {
     pub(crate) restart: crate::supervise::RestartPolicy,
     pub(crate) watchdog: Option<crate::supervise::Watchdog>,
+}
+
+impl WorkerConfig {
+    pub(crate) fn restart(&self) -> crate::supervise::RestartPolicy {
+        self.supervision
+            .as_ref()
+            .map_or_else(crate::supervise::RestartPolicy::never, |s| s.restart)
+    }
+
+    pub(crate) fn watchdog(&self) -> Option<crate::supervise::Watchdog> {
+        self.supervision.as_ref().and_then(|s| s.watchdog)
+    }
 }
 
 /// A scheduled restart: cancelled by firing `cancel` (drain, stop, shutdown, removal).
@@ -47,7 +67,56 @@ pub(crate) struct PendingRestart {
     pub(crate) cancel: Signal,
 }
 
-/// A worker's supervision bookkeeping.
+/// A worker's supervision bookkeeping, allocated when first needed (most workers never
+/// restart nor stall).
+#[derive(Default)]
+pub(crate) struct Sup(Option<Box<Supervision>>);
+
+impl Sup {
+    pub(crate) fn get(&self) -> Option<&Supervision> {
+        self.0.as_deref()
+    }
+
+    /// The bookkeeping, allocated if need be.
+    pub(crate) fn make(&mut self) -> &mut Supervision {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// The bookkeeping, if it exists.
+    pub(crate) fn existing(&mut self) -> Option<&mut Supervision> {
+        self.0.as_deref_mut()
+    }
+
+    pub(crate) fn restarts(&self) -> u64 {
+        self.get().map_or(0, |s| s.restarts)
+    }
+
+    pub(crate) fn stalled(&self) -> bool {
+        self.get().is_some_and(|s| s.stalled)
+    }
+
+    pub(crate) fn pending_generation(&self) -> Option<u64> {
+        self.get()
+            .and_then(|s| s.pending.as_ref())
+            .map(|p| p.generation)
+    }
+
+    pub(crate) fn cancel(&mut self) {
+        if let Some(sup) = self.existing() {
+            sup.cancel();
+        }
+    }
+
+    pub(crate) fn set_stalled(&mut self, stalled: bool) {
+        if stalled {
+            self.make().stalled = true;
+        } else if let Some(sup) = self.existing() {
+            sup.stalled = false;
+        }
+    }
+}
+
+/// The supervision bookkeeping of a worker that has a restart policy or a watchdog.
 #[derive(Default)]
 pub(crate) struct Supervision {
     /// Restarts so far (monotonic).
@@ -102,8 +171,8 @@ pub(crate) struct WorkerEntry {
     pub(crate) commands: crate::command::WorkerCommands,
     /// Heartbeats (`WorkerContext::beat`), read by the watchdog.
     pub(crate) beats: std::sync::atomic::AtomicU64,
-    /// Child tasks of the latest incarnation.
-    pub(crate) children: std::sync::Mutex<Children>,
+    /// Child tasks of the latest incarnation (allocated at the first `WorkerContext::spawn`).
+    pub(crate) children: std::sync::Mutex<Option<Box<Children>>>,
     /// Set when the worker is removed: lookups skip it.
     pub(crate) removed: std::sync::atomic::AtomicBool,
 }
@@ -115,10 +184,11 @@ impl WorkerEntry {
             .children
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if children.incarnation <= incarnation {
-            std::mem::take(&mut children.set)
-        } else {
-            tokio::task::JoinSet::new()
+        match children.as_mut() {
+            Some(children) if children.incarnation <= incarnation => {
+                std::mem::take(&mut children.set)
+            }
+            _ => tokio::task::JoinSet::new(),
         }
     }
 }
@@ -147,7 +217,7 @@ pub(crate) struct WorkerRecord {
     pub(crate) token: Signal,
     /// What was last mirrored into the dispatch state: incarnation, lifecycle, accepting.
     pub(crate) mirrored: (u64, LifecycleState, bool),
-    pub(crate) sup: Supervision,
+    pub(crate) sup: Sup,
     /// Removed from the runtime: kept only so that indices stay stable.
     pub(crate) removed: bool,
 }
@@ -169,11 +239,11 @@ impl WorkerRecord {
             last_exit: self.last_exit.clone(),
             in_flight: self.entry.commands.total(),
             waiting: self.entry.commands.waiting(),
-            restart_policy: self.config.restart.mode(),
-            restarts: self.sup.restarts,
-            next_restart_at: self.sup.next_restart_at,
-            gave_up: self.sup.gave_up,
-            stalled: self.sup.stalled,
+            restart_policy: self.config.restart().mode(),
+            restarts: self.sup.restarts(),
+            next_restart_at: self.sup.get().and_then(|s| s.next_restart_at),
+            gave_up: self.sup.get().is_some_and(|s| s.gave_up),
+            stalled: self.sup.stalled(),
         }
     }
 
@@ -193,14 +263,14 @@ impl WorkerRecord {
         let failed = self.lifecycle == LifecycleState::Failed;
         Facts {
             present: true,
-            fail_liveness: self.sup.stalled
+            fail_liveness: self.sup.stalled()
                 && matches!(
                     self.lifecycle,
                     LifecycleState::Running | LifecycleState::Draining
                 )
                 && self
                     .config
-                    .watchdog
+                    .watchdog()
                     .is_some_and(|w| w.action() == crate::supervise::StallAction::FailLiveness),
             state: self.lifecycle,
             fail_runtime: failed
@@ -707,7 +777,7 @@ impl State {
                 .iter()
                 .filter(|rec| rec.facts().fail_liveness)
                 .map(|rec| {
-                    let timeout = rec.config.watchdog.map_or(Duration::ZERO, |w| w.timeout());
+                    let timeout = rec.config.watchdog().map_or(Duration::ZERO, |w| w.timeout());
                     format!(
                         "worker {:?} stalled (no heartbeat within {timeout:?}; watchdog action fail_liveness)",
                         &*rec.entry.qualified

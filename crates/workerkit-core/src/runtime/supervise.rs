@@ -64,7 +64,7 @@ pub(crate) struct Plan {
 /// the start of a restart), and nothing forbids it (an escalated panic, a `cancel` stall).
 /// `permanent`: the failure's error was marked permanent.
 pub(crate) fn decide(st: &mut State, idx: usize, restartable: bool, permanent: bool) -> Decision {
-    let policy = st.workers[idx].config.restart;
+    let policy = st.workers[idx].config.restart();
     if !restartable || st.shutting_down || st.shut_down || !policy.restarts(false) {
         return Decision::Fail;
     }
@@ -76,7 +76,7 @@ pub(crate) fn decide(st: &mut State, idx: usize, restartable: bool, permanent: b
         return Decision::GiveUp("permanent");
     }
     let now = Instant::now();
-    let sup = &mut st.workers[idx].sup;
+    let sup = st.workers[idx].sup.make();
     if let Some(intensity) = policy.intensity_bound() {
         while sup
             .window
@@ -116,10 +116,11 @@ pub(crate) fn apply(
     match *decision {
         Decision::Fail => None,
         Decision::GiveUp(why) => {
-            let restarts = st.workers[idx].sup.restarts;
+            let restarts = st.workers[idx].sup.restarts();
             st.modify(idx, |rec| {
-                rec.sup.gave_up = true;
-                rec.sup.next_restart_at = None;
+                let sup = rec.sup.make();
+                sup.gave_up = true;
+                sup.next_restart_at = None;
             });
             st.supervision_event(
                 Some(idx),
@@ -137,13 +138,14 @@ pub(crate) fn apply(
             let due_at = now.plus(delay);
             let cancel = Signal::new();
             let (generation, incarnation) = st.modify(idx, |rec| {
-                rec.sup.generation += 1;
-                rec.sup.next_restart_at = Some(due_at);
-                rec.sup.pending = Some(PendingRestart {
-                    generation: rec.sup.generation,
+                let sup = rec.sup.make();
+                sup.generation += 1;
+                sup.next_restart_at = Some(due_at);
+                sup.pending = Some(PendingRestart {
+                    generation: sup.generation,
                     cancel: cancel.clone(),
                 });
-                (rec.sup.generation, rec.incarnation)
+                (sup.generation, rec.incarnation)
             });
             st.supervision_event(
                 Some(idx),
@@ -169,7 +171,7 @@ pub(crate) fn apply(
 
 /// Cancels worker `idx`'s pending restart, if any, with its event (under the state lock).
 pub(crate) fn cancel(st: &mut State, idx: usize, now: Timestamp) {
-    if st.workers[idx].sup.pending.is_none() {
+    if st.workers[idx].sup.pending_generation().is_none() {
         return;
     }
     st.modify(idx, |rec| rec.sup.cancel());
@@ -192,11 +194,7 @@ fn pending(inner: &Inner, plan: &Plan) -> bool {
     let st = inner.lock();
     let rec = &st.workers[plan.idx];
     rec.lifecycle == LifecycleState::Restarting
-        && rec
-            .sup
-            .pending
-            .as_ref()
-            .is_some_and(|p| p.generation == plan.generation)
+        && rec.sup.pending_generation() == Some(plan.generation)
 }
 
 /// Wins the lifecycle gate, unless the restart is cancelled first.

@@ -189,6 +189,7 @@ impl WorkerContext {
             .children
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let children = children.get_or_insert_with(Box::default);
         // Finished children leave the set now, so a worker that spawns many short tasks does
         // not keep their results.
         while children.set.try_join_next().is_some() {}
