@@ -121,7 +121,7 @@ impl Intensity {
 ///
 /// ```
 /// use std::time::Duration;
-/// use workerkit_core::retry::{Backoff, Jitter};
+/// use workerkit_core::retry::Backoff;
 /// use workerkit_core::supervise::{Intensity, RestartPolicy};
 ///
 /// let policy = RestartPolicy::on_failure()

@@ -1198,3 +1198,21 @@ async fn stopping_a_stalled_worker_clears_the_stall() {
     assert!(rt.liveness().live, "{:?}", rt.liveness().reasons);
     assert!(!status(&rt, "w").stalled);
 }
+
+/// An observer registered behind an `Arc` gets supervision events too (every hook forwards).
+#[tokio::test(start_paused = true)]
+async fn an_arc_observer_gets_supervision_events() {
+    let shared = Arc::new(RecordingObserver::new());
+    let rt = Runtime::builder("rt")
+        .with_observer(Arc::clone(&shared))
+        .build()
+        .unwrap();
+    let script = Script::new([Act::Fail]);
+    rt.register(script.spec("w").restart(constant(10))).unwrap();
+    rt.start("w").await.unwrap();
+    until_worker(&rt, "w", |s| s.restarts == 1).await;
+    assert_eq!(
+        supervision(&shared),
+        ["U rt/w restart_scheduled", "U rt/w restarted"]
+    );
+}

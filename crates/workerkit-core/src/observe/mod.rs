@@ -156,6 +156,9 @@ impl<O: Observer + ?Sized> Observer for Arc<O> {
     fn on_operation(&self, event: &OperationEvent) {
         (**self).on_operation(event);
     }
+    fn on_supervision(&self, event: &SupervisionEvent) {
+        (**self).on_supervision(event);
+    }
     fn on_check_start(&self, event: &CheckStartEvent) {
         (**self).on_check_start(event);
     }
