@@ -58,6 +58,7 @@
 //! | transition | event `workerkit.lifecycle.change` on the operation's span | `workerkit.lifecycle.transitions`, `workerkit.lifecycle.state` |
 //! | readiness change | event `workerkit.readiness.change` on the operation's span | `workerkit.readiness.changes` |
 //! | readiness check | `workerkit.check` | `workerkit.check.executions`, `.duration` |
+//! | supervision (restart, give-up, stall, shutdown waiting) | `workerkit.supervision <kind>`, child of the operation's span | `workerkit.worker.restarts`, `.give_ups`, `.stalls` |
 //!
 //! The observer never changes the status of a span it did not start (the Go adapter marked
 //! the caller's span as failed).

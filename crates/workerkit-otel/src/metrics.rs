@@ -36,6 +36,9 @@ pub(crate) struct Instruments {
     pub(crate) lifecycle_transitions: Counter<u64>,
     pub(crate) lifecycle_state: Gauge<i64>,
     pub(crate) operation_duration: Histogram<f64>,
+    pub(crate) worker_restarts: Counter<u64>,
+    pub(crate) worker_give_ups: Counter<u64>,
+    pub(crate) worker_stalls: Counter<u64>,
 }
 
 impl Instruments {
@@ -106,6 +109,23 @@ impl Instruments {
                 .with_description("Workerkit lifecycle operation duration in seconds.")
                 .with_unit(semconv::UNIT_SECONDS)
                 .with_boundaries(duration_boundaries())
+                .build(),
+            worker_restarts: meter
+                .u64_counter(semconv::WORKER_RESTARTS)
+                .with_description("Workerkit supervised worker restarts made.")
+                .with_unit(semconv::UNIT_RESTART)
+                .build(),
+            worker_give_ups: meter
+                .u64_counter(semconv::WORKER_GIVE_UPS)
+                .with_description(
+                    "Workerkit restart policies that gave up (the worker stays failed).",
+                )
+                .with_unit(semconv::UNIT_GIVE_UP)
+                .build(),
+            worker_stalls: meter
+                .u64_counter(semconv::WORKER_STALLS)
+                .with_description("Workerkit heartbeat watchdog stalls.")
+                .with_unit(semconv::UNIT_STALL)
                 .build(),
         }
     }

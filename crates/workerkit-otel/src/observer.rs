@@ -10,7 +10,7 @@ use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanKind, Status, TraceContextExt as _, Tracer as _,
     TracerProvider as _,
 };
-use opentelemetry::{Context, InstrumentationScope, Key, KeyValue, StringValue, Value};
+use opentelemetry::{Array, Context, InstrumentationScope, Key, KeyValue, StringValue, Value};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
@@ -18,7 +18,7 @@ use workerkit_core::command::{DispatchId, Metadata};
 use workerkit_core::observe::{
     AttemptFailure, BoxFuture, CheckEndEvent, CheckOutcome, CommandEndEvent, CommandObservation,
     CommandOutcome, CommandStartEvent, FailureEvent, OperationEvent, OperationPhase,
-    ReadinessEvent, TransitionEvent,
+    ReadinessEvent, SupervisionEvent, SupervisionKind, TransitionEvent,
 };
 use workerkit_core::{LifecycleState, Observer};
 
@@ -39,6 +39,10 @@ use crate::semconv;
 /// - **Failures**: a short span of their own, `workerkit.failure`, with status `Error`: a child
 ///   of the command's span for command failures, else of the open lifecycle operation's span.
 /// - **Readiness checks**: one span per execution, `workerkit.check`.
+/// - **Supervision** (restarts, give-ups, watchdog stalls, a shutdown still waiting): a short
+///   span of their own, `workerkit.supervision <kind>`, a child of the open lifecycle
+///   operation's span (which also gets a `workerkit.supervision` event), else a root; and the
+///   restart, give-up and stall counters.
 /// - **Metrics**: see [`semconv`](crate::semconv) for every instrument and attribute.
 ///
 /// The observer never changes a span it did not start: the caller's span keeps its status.
@@ -209,6 +213,11 @@ fn id_value(id: DispatchId) -> Value {
     Value::String(StringValue::from(text))
 }
 
+/// A count as an attribute value (saturating at `i64::MAX`).
+fn count(n: u64) -> Value {
+    Value::I64(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 fn failure_code(failure: &workerkit_core::failure::Failure) -> Value {
     Value::String(StringValue::from(failure.code().to_owned()))
 }
@@ -343,6 +352,115 @@ impl Observer for OtelObserver {
             &parent,
         );
         span.set_status(Status::error(failure_message(&event.failure)));
+        span.end_with_timestamp(at);
+    }
+
+    fn on_supervision(&self, event: &SupervisionEvent) {
+        let inner = &*self.inner;
+        let kind = event.kind.name();
+        // Metrics: the worker's names only (and the watchdog's action), never its incarnation.
+        let mut attrs = base(&event.runtime, event.worker.as_ref(), 8);
+        match &event.kind {
+            SupervisionKind::Restarted { .. } => inner.instruments.worker_restarts.add(1, &attrs),
+            SupervisionKind::GaveUp { .. } => inner.instruments.worker_give_ups.add(1, &attrs),
+            SupervisionKind::Stalled { action, .. } => {
+                let mut stall = attrs.clone();
+                stall.push(kv(semconv::WATCHDOG_ACTION, action.as_str()));
+                inner.instruments.worker_stalls.add(1, &stall);
+            }
+            _ => {}
+        }
+
+        // Traces, as for failures: a short span of its own under the open operation's span
+        // (ours), which also gets an event; else a root. Never the caller's span.
+        attrs.push(kv(semconv::SUPERVISION_KIND, kind));
+        if event.incarnation > 0 {
+            attrs.push(kv(
+                semconv::WORKER_INCARNATION,
+                i64::try_from(event.incarnation).unwrap_or(i64::MAX),
+            ));
+        }
+        let mut status = None;
+        match &event.kind {
+            SupervisionKind::RestartScheduled {
+                attempt,
+                delay,
+                reason,
+                failure,
+                ..
+            } => {
+                attrs.push(kv(semconv::RESTART_ATTEMPT, i64::from(*attempt)));
+                attrs.push(kv(semconv::RESTART_DELAY, delay.as_secs_f64()));
+                attrs.push(kv(semconv::EXIT_REASON, reason.as_str()));
+                if let Some(failure) = failure {
+                    attrs.push(kv(semconv::FAILURE_CODE, failure_code(failure)));
+                }
+            }
+            SupervisionKind::Restarted { restarts, attempt } => {
+                attrs.push(kv(semconv::RESTART_COUNT, count(*restarts)));
+                attrs.push(kv(semconv::RESTART_ATTEMPT, i64::from(*attempt)));
+            }
+            SupervisionKind::GaveUp {
+                restarts,
+                reason,
+                failure,
+                why,
+            } => {
+                attrs.push(kv(semconv::RESTART_COUNT, count(*restarts)));
+                attrs.push(kv(semconv::EXIT_REASON, reason.as_str()));
+                if let Some(failure) = failure {
+                    attrs.push(kv(semconv::FAILURE_CODE, failure_code(failure)));
+                }
+                attrs.push(kv(semconv::GIVE_UP_WHY, *why));
+                status = Some(Status::error(match failure {
+                    Some(failure) => failure_message(failure),
+                    None => format!("restart policy gave up: {why}"),
+                }));
+            }
+            SupervisionKind::Stalled { timeout, action } => {
+                attrs.push(kv(semconv::WATCHDOG_TIMEOUT, timeout.as_secs_f64()));
+                attrs.push(kv(semconv::WATCHDOG_ACTION, action.as_str()));
+            }
+            SupervisionKind::ShutdownWaiting {
+                elapsed,
+                workers,
+                in_flight,
+                phase,
+            } => {
+                attrs.push(kv(semconv::SHUTDOWN_ELAPSED, elapsed.as_secs_f64()));
+                attrs.push(kv(semconv::SHUTDOWN_PHASE, *phase));
+                attrs.push(kv(
+                    semconv::SHUTDOWN_IN_FLIGHT,
+                    i64::try_from(*in_flight).unwrap_or(i64::MAX),
+                ));
+                let names = workers.iter().map(|w| StringValue::from(Arc::clone(w)));
+                attrs.push(kv(
+                    semconv::SHUTDOWN_WORKERS,
+                    Value::Array(Array::String(names.collect())),
+                ));
+            }
+            // `RestartCancelled`, `StallCleared`, and kinds added later: the kind says it all.
+            _ => {}
+        }
+        let at = event.at.as_system_time();
+        let parent = match inner.operation(&event.runtime) {
+            Some(cx) => {
+                cx.span()
+                    .add_event_with_timestamp(semconv::SUPERVISION_EVENT, at, attrs.clone());
+                cx
+            }
+            None => Context::new(),
+        };
+        let mut span = inner.tracer.build_with_context(
+            SpanBuilder::from_name(semconv::supervision_span_name(kind))
+                .with_kind(SpanKind::Internal)
+                .with_start_time(at)
+                .with_attributes(attrs),
+            &parent,
+        );
+        if let Some(status) = status {
+            span.set_status(status);
+        }
         span.end_with_timestamp(at);
     }
 

@@ -5,8 +5,9 @@
 //! are marked *(workerkit-rs)*.
 //!
 //! Metric attributes are bounded by construction: the runtime's, worker's and command's
-//! registered names, failure codes, lifecycle states, check outcomes and booleans. Dispatch ids
-//! and attempt numbers are span attributes only.
+//! registered names, failure codes, lifecycle states, check outcomes, watchdog actions and
+//! booleans. Dispatch ids, attempt numbers, incarnations and restart counts are span attributes
+//! only.
 
 /// Instrumentation scope of the tracer and the meter.
 pub const SCOPE_NAME: &str = "workerkit-otel";
@@ -52,6 +53,15 @@ pub const LIFECYCLE_STATE_GAUGE: &str = "workerkit.lifecycle.state";
 /// [`RUNTIME`], [`WORKER`] (single-worker operations), [`OPERATION`], [`OPERATION_SUCCESS`],
 /// [`FAILURE_CODE`] (failures only).
 pub const OPERATION_DURATION: &str = "workerkit.operation.duration";
+/// *(workerkit-rs)* Counter of supervised restarts made: one per new incarnation started by the
+/// restart policy ([`UNIT_RESTART`]). Attributes: [`RUNTIME`], [`WORKER`].
+pub const WORKER_RESTARTS: &str = "workerkit.worker.restarts";
+/// *(workerkit-rs)* Counter of restart policies giving up: the worker stays failed
+/// ([`UNIT_GIVE_UP`]). Attributes: [`RUNTIME`], [`WORKER`].
+pub const WORKER_GIVE_UPS: &str = "workerkit.worker.give_ups";
+/// *(workerkit-rs)* Counter of heartbeat watchdog stalls ([`UNIT_STALL`]). Attributes:
+/// [`RUNTIME`], [`WORKER`], [`WATCHDOG_ACTION`].
+pub const WORKER_STALLS: &str = "workerkit.worker.stalls";
 
 // ---- Units (UCUM) ----
 
@@ -65,6 +75,12 @@ pub const UNIT_ATTEMPT: &str = "{attempt}";
 pub const UNIT_RETRY: &str = "{retry}";
 /// A dimensionless 0/1 value.
 pub const UNIT_ONE: &str = "1";
+/// Restarts.
+pub const UNIT_RESTART: &str = "{restart}";
+/// Give-ups.
+pub const UNIT_GIVE_UP: &str = "{give_up}";
+/// Stalls.
+pub const UNIT_STALL: &str = "{stall}";
 
 // ---- Attribute keys ----
 
@@ -108,6 +124,37 @@ pub const FAILURE_CODE: &str = "workerkit.failure.code";
 pub const OPERATION: &str = "workerkit.operation";
 /// *(workerkit-rs)* Whether the lifecycle operation succeeded.
 pub const OPERATION_SUCCESS: &str = "workerkit.operation.success";
+/// *(workerkit-rs)* The kind of a supervision event: `restart_scheduled`, `restarted`,
+/// `restart_cancelled`, `gave_up`, `stalled`, `stall_cleared`, `shutdown_waiting` (spans only).
+pub const SUPERVISION_KIND: &str = "workerkit.supervision.kind";
+/// *(workerkit-rs)* The worker's incarnation a supervision event is about (spans only; the new
+/// one for `restarted`).
+pub const WORKER_INCARNATION: &str = "workerkit.worker.incarnation";
+/// *(workerkit-rs)* The backoff attempt of a restart (spans only).
+pub const RESTART_ATTEMPT: &str = "workerkit.restart.attempt";
+/// *(workerkit-rs)* The backoff delay before a restart, in seconds (spans only).
+pub const RESTART_DELAY: &str = "workerkit.restart.delay";
+/// *(workerkit-rs)* Restarts of the worker so far (spans only).
+pub const RESTART_COUNT: &str = "workerkit.restart.count";
+/// *(workerkit-rs)* How an incarnation ended: `failed`, `panicked`, `start_timed_out`,
+/// `exited_unexpectedly`, `stalled` (spans only).
+pub const EXIT_REASON: &str = "workerkit.exit.reason";
+/// *(workerkit-rs)* Why a restart policy gave up: `intensity` or `permanent` (spans only).
+pub const GIVE_UP_WHY: &str = "workerkit.give_up.why";
+/// *(workerkit-rs)* The watchdog timeout, in seconds (spans only).
+pub const WATCHDOG_TIMEOUT: &str = "workerkit.watchdog.timeout";
+/// *(workerkit-rs)* What the watchdog does about a stall: `report`, `fail_liveness`, `cancel`,
+/// `restart`.
+pub const WATCHDOG_ACTION: &str = "workerkit.watchdog.action";
+/// *(workerkit-rs)* How long a shutdown still waiting has run, in seconds (spans only).
+pub const SHUTDOWN_ELAPSED: &str = "workerkit.shutdown.elapsed";
+/// *(workerkit-rs)* What a shutdown still waits in: `draining` or `stopping` (spans only).
+pub const SHUTDOWN_PHASE: &str = "workerkit.shutdown.phase";
+/// *(workerkit-rs)* The workers a shutdown still waits for, in stop order (spans only; a string
+/// array).
+pub const SHUTDOWN_WORKERS: &str = "workerkit.shutdown.workers";
+/// *(workerkit-rs)* The commands a shutdown still waits for (spans only).
+pub const SHUTDOWN_IN_FLIGHT: &str = "workerkit.shutdown.in_flight";
 
 // ---- Attribute values ----
 
@@ -137,6 +184,12 @@ pub const FAILURE_EVENT: &str = "workerkit.failure";
 pub const EXCEPTION_EVENT: &str = "exception";
 /// The public failure message, on [`EXCEPTION_EVENT`].
 pub const EXCEPTION_MESSAGE: &str = "exception.message";
+/// *(workerkit-rs)* Prefix of a supervision event's own short span:
+/// `workerkit.supervision <kind>` (for example `workerkit.supervision restarted`), a child of
+/// the open lifecycle operation's span, else a root. Status `Error` for `gave_up` only.
+pub const SUPERVISION_SPAN_PREFIX: &str = "workerkit.supervision ";
+/// *(workerkit-rs)* Span event for a supervision event (on the open lifecycle operation's span).
+pub const SUPERVISION_EVENT: &str = "workerkit.supervision";
 
 /// The span name of command `command`: `workerkit.command <command>`.
 #[must_use]
@@ -153,5 +206,14 @@ pub fn operation_span_name(operation: &str) -> String {
     let mut name = String::with_capacity(OPERATION_SPAN_PREFIX.len() + operation.len());
     name.push_str(OPERATION_SPAN_PREFIX);
     name.push_str(operation);
+    name
+}
+
+/// The span name of a supervision event: `workerkit.supervision <kind>`.
+#[must_use]
+pub fn supervision_span_name(kind: &str) -> String {
+    let mut name = String::with_capacity(SUPERVISION_SPAN_PREFIX.len() + kind.len());
+    name.push_str(SUPERVISION_SPAN_PREFIX);
+    name.push_str(kind);
     name
 }

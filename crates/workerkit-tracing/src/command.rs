@@ -1,27 +1,52 @@
 //! The command span: one per dispatch, entered around every poll of the handler.
 
+use std::sync::Arc;
+
 use tracing::{Level, Span};
+use workerkit_core::command::DispatchId;
 use workerkit_core::failure::Failure;
-use workerkit_core::observe::{CommandEndEvent, CommandObservation, CommandOutcome};
+use workerkit_core::observe::{
+    AttemptFailure, CommandEndEvent, CommandObservation, CommandOutcome, CommandStartEvent,
+};
 
-use crate::message;
 use crate::observer::{CauseFields, log_cause};
+use crate::{TARGET, message};
 
-/// Follows one dispatch: its span, and the end event emitted inside it.
+/// Follows one dispatch: its span, and the failure and end events emitted inside it.
 #[derive(Debug)]
 pub(crate) struct CommandSpan {
     span: Span,
     level: Level,
     log_causes: bool,
+    /// The dispatch's names, for the failure events of its attempts (the end event has its own).
+    runtime: Arc<str>,
+    worker: Arc<str>,
+    command: Arc<str>,
+    dispatch_id: DispatchId,
 }
 
 impl CommandSpan {
-    pub(crate) const fn new(span: Span, level: Level, log_causes: bool) -> Self {
+    pub(crate) fn new(
+        span: Span,
+        level: Level,
+        log_causes: bool,
+        start: &CommandStartEvent,
+    ) -> Self {
         Self {
             span,
             level,
             log_causes,
+            runtime: Arc::clone(&start.runtime),
+            worker: Arc::clone(&start.worker),
+            command: Arc::clone(&start.command),
+            dispatch_id: start.dispatch_id,
         }
+    }
+
+    /// The parent of the events emitted inside the span: the span, given explicitly (cheaper
+    /// than entering it); if a filter disabled the span but not the event, the caller's span.
+    fn parent(&self) -> Option<tracing::span::Id> {
+        self.span.id().or_else(|| Span::current().id())
     }
 }
 
@@ -31,13 +56,44 @@ impl CommandObservation for CommandSpan {
         poll();
     }
 
+    fn attempt_failed(&self, failure: &AttemptFailure<'_>) {
+        // The failure event of this attempt, inside the command span, at once (the runtime's
+        // ordered `FailureEvent` for it is not logged again: see `on_failure`).
+        let parent = self.parent();
+        tracing::event!(
+            target: TARGET,
+            parent: parent.clone(),
+            Level::ERROR,
+            message = message::FAILURE,
+            runtime = &*self.runtime,
+            worker = &*self.worker,
+            command = &*self.command,
+            panic = failure.panic,
+            dispatch_id = %self.dispatch_id,
+            attempt = failure.attempt,
+            failure_code = failure.failure.code(),
+            error = failure.failure.message(),
+        );
+        if self.log_causes {
+            log_cause(
+                parent,
+                &CauseFields {
+                    runtime: &self.runtime,
+                    worker: Some(&self.worker),
+                    command: Some(&self.command),
+                    dispatch_id: Some(self.dispatch_id),
+                    failure_code: Some(failure.failure.code()),
+                },
+                failure.cause,
+            );
+        }
+    }
+
     fn end(self: Box<Self>, event: &CommandEndEvent) {
         let span = &self.span;
         span.record("attempts", event.attempts);
         span.record("outcome", event.outcome.as_str());
-        // The end event's parent is the span, given explicitly (cheaper than entering it); if a
-        // filter disabled the span but not the event, the caller's span.
-        let parent = span.id().or_else(|| Span::current().id());
+        let parent = self.parent();
         let failure = event.failure.as_ref();
         event_at!(
             parent: parent.clone(),

@@ -44,10 +44,21 @@
 //! | lifecycle operation ended | `workerkit lifecycle operation completed` | routine, `ERROR` if it failed |
 //! | readiness check ended | `workerkit check execution completed` | routine |
 //! | command dispatch ended | `workerkit command dispatch completed` | routine, inside the command span |
+//! | command attempt failed | `workerkit failure` | `ERROR`, inside the command span |
+//! | restart scheduled | `workerkit restart scheduled` | `WARN` |
+//! | restarted | `workerkit worker restarted` | routine |
+//! | restart cancelled | `workerkit restart cancelled` | routine |
+//! | restart policy gave up | `workerkit restart gave up` | `ERROR` |
+//! | watchdog stall | `workerkit worker stalled` | `WARN` |
+//! | stall cleared | `workerkit worker stall cleared` | routine |
+//! | shutdown still waiting | `workerkit shutdown waiting` | `WARN` |
 //!
 //! The routine level is [`INFO`](tracing::Level::INFO) unless set with
 //! [`TracingObserverBuilder::level`]. Common fields: `runtime`, then `worker` and `command` when
-//! the event has them.
+//! the event has them. Supervision events also have `supervision_kind` (the stable
+//! [`SupervisionKind::name`]) and, for a worker, its `incarnation`.
+//!
+//! [`SupervisionKind::name`]: workerkit_core::observe::SupervisionKind::name
 //!
 //! # The command span
 //!
@@ -55,7 +66,8 @@
 //! level, with the fields `runtime`, `worker`, `command`, `dispatch_id`, and `attempts` and
 //! `outcome` recorded when the dispatch ends. Its parent is the span current where
 //! [`Runtime::dispatch`] is awaited, and the runtime enters it around every poll of the handler,
-//! so whatever the handler logs or opens nests under it.
+//! so whatever the handler logs or opens nests under it. The `workerkit failure` event of each
+//! failed attempt, and the end event, are inside it too.
 //!
 //! # Private causes
 //!

@@ -2,6 +2,8 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tracing::field::Empty;
 use tracing::span::Id;
@@ -10,7 +12,7 @@ use workerkit_core::Observer;
 use workerkit_core::command::DispatchId;
 use workerkit_core::observe::{
     Cause, CheckEndEvent, CommandObservation, CommandStartEvent, FailureEvent, OperationEvent,
-    OperationPhase, ReadinessEvent, TransitionEvent,
+    OperationPhase, ReadinessEvent, SupervisionEvent, SupervisionKind, TransitionEvent,
 };
 
 use crate::command::CommandSpan;
@@ -138,6 +140,11 @@ impl Observer for TracingObserver {
     }
 
     fn on_failure(&self, event: &FailureEvent) {
+        // A command attempt's failure is logged by the command's observation
+        // (`CommandSpan::attempt_failed`), inside the command span, right after the attempt.
+        if event.dispatch_id.is_some() {
+            return;
+        }
         tracing::event!(
             target: TARGET,
             Level::ERROR,
@@ -200,6 +207,119 @@ impl Observer for TracingObserver {
         );
     }
 
+    fn on_supervision(&self, event: &SupervisionEvent) {
+        let runtime = &*event.runtime;
+        let worker = event.worker.as_deref();
+        // Runtime-wide events (incarnation 0) have no `incarnation` field.
+        let incarnation = (event.incarnation > 0).then_some(event.incarnation);
+        let kind = event.kind.name();
+        match &event.kind {
+            SupervisionKind::RestartScheduled {
+                attempt,
+                delay,
+                reason,
+                failure,
+                ..
+            } => tracing::event!(
+                target: TARGET,
+                Level::WARN,
+                message = message::RESTART_SCHEDULED,
+                runtime,
+                worker,
+                incarnation,
+                supervision_kind = kind,
+                attempt = *attempt,
+                delay_ms = millis(*delay),
+                exit_reason = reason.as_str(),
+                failure_code = failure.as_ref().map(|f| f.code()),
+                error = failure.as_ref().map(|f| f.message()),
+            ),
+            SupervisionKind::Restarted { restarts, attempt } => event_at!(
+                self.level,
+                message = message::RESTARTED,
+                runtime,
+                worker,
+                incarnation,
+                supervision_kind = kind,
+                restarts = *restarts,
+                attempt = *attempt,
+            ),
+            SupervisionKind::RestartCancelled => event_at!(
+                self.level,
+                message = message::RESTART_CANCELLED,
+                runtime,
+                worker,
+                incarnation,
+                supervision_kind = kind,
+            ),
+            SupervisionKind::GaveUp {
+                restarts,
+                reason,
+                failure,
+                why,
+            } => tracing::event!(
+                target: TARGET,
+                Level::ERROR,
+                message = message::GAVE_UP,
+                runtime,
+                worker,
+                incarnation,
+                supervision_kind = kind,
+                restarts = *restarts,
+                exit_reason = reason.as_str(),
+                failure_code = failure.as_ref().map(|f| f.code()),
+                error = failure.as_ref().map(|f| f.message()),
+                why = *why,
+            ),
+            SupervisionKind::Stalled { timeout, action } => tracing::event!(
+                target: TARGET,
+                Level::WARN,
+                message = message::STALLED,
+                runtime,
+                worker,
+                incarnation,
+                supervision_kind = kind,
+                timeout_ms = millis(*timeout),
+                action = action.as_str(),
+            ),
+            SupervisionKind::StallCleared => event_at!(
+                self.level,
+                message = message::STALL_CLEARED,
+                runtime,
+                worker,
+                incarnation,
+                supervision_kind = kind,
+            ),
+            SupervisionKind::ShutdownWaiting {
+                elapsed,
+                workers,
+                in_flight,
+                phase,
+            } => tracing::event!(
+                target: TARGET,
+                Level::WARN,
+                message = message::SHUTDOWN_WAITING,
+                runtime,
+                worker,
+                supervision_kind = kind,
+                elapsed_ms = millis(*elapsed),
+                phase = *phase,
+                in_flight = *in_flight,
+                pending_workers = workers.len(),
+                workers = %Names(workers),
+            ),
+            // `SupervisionKind` is non-exhaustive: a kind added later is logged by name.
+            _ => event_at!(
+                self.level,
+                message = message::SUPERVISION,
+                runtime,
+                worker,
+                incarnation,
+                supervision_kind = kind,
+            ),
+        }
+    }
+
     fn on_check_end(&self, event: &CheckEndEvent) {
         event_at!(
             self.level,
@@ -224,14 +344,20 @@ impl Observer for TracingObserver {
             attempts = Empty,
             outcome = Empty,
         );
-        // With nothing to record (no span, no end event), skip the observation and its box.
-        if span.is_disabled() && !self.routine_enabled() && !self.causes_enabled() {
+        // With nothing to record (no span, no end event, no failure event), skip the
+        // observation and its box.
+        if span.is_disabled()
+            && !self.routine_enabled()
+            && !self.causes_enabled()
+            && !tracing::enabled!(target: TARGET, Level::ERROR)
+        {
             return None;
         }
         Some(Box::new(CommandSpan::new(
             span,
             self.level,
             self.log_causes,
+            event,
         )))
     }
 }
@@ -272,6 +398,26 @@ impl fmt::Display for CauseChain<'_> {
         while let Some(error) = source {
             write!(f, ": {error}")?;
             source = error.source();
+        }
+        Ok(())
+    }
+}
+
+/// A duration in whole milliseconds (saturating), for the `*_ms` fields.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Displays worker names comma-separated (`rt/a, rt/b`), without allocating.
+struct Names<'a>(&'a [Arc<str>]);
+
+impl fmt::Display for Names<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, name) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(name)?;
         }
         Ok(())
     }

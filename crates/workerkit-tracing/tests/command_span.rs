@@ -11,6 +11,7 @@ use support::{EventRecord, Recording, SpanRecord, quiet_expected_panics, record,
 use tracing::{Instrument, Level};
 use workerkit_core::command::{CommandHandler, CommandResult, DispatchError};
 use workerkit_core::failure::with_failure;
+use workerkit_core::retry::RetryPolicy;
 use workerkit_core::{
     CommandRequest, CommandResponse, CommandSpec, Runtime, WorkerSpec, handler_fn, worker_fn,
 };
@@ -170,6 +171,11 @@ async fn a_handler_error_logs_a_failure_at_error_and_a_failed_end_with_public_fi
     let failure = recording.one(FAILURE);
     assert_eq!(failure.level, Level::ERROR);
     assert_eq!(failure.target, TARGET);
+    assert_eq!(
+        failure.scope,
+        vec![caller, span.uid],
+        "the failed attempt is logged inside the command span"
+    );
     assert_eq!(
         keys(&failure),
         set(&[
@@ -345,5 +351,67 @@ async fn with_the_command_span_filtered_out_the_end_event_stays_in_the_callers_s
     let end = recording.one(COMMAND_COMPLETED);
     assert_eq!(end.scope, vec![caller]);
     assert_eq!(end.field("attempts"), Some("1"));
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_failed_attempt_is_logged_once_inside_the_command_span_before_the_end() {
+    let (recording, _guard) = record();
+    let rt = Runtime::builder("rt")
+        .with_observer(TracingObserver::new())
+        .build()
+        .expect("valid runtime");
+    rt.register(
+        WorkerSpec::new("w", worker_fn(|_ctx| async { Ok(()) }))
+            .command_retry(RetryPolicy::attempts(3).expect("valid retry policy"))
+            .command(CommandSpec::new("c", failing_handler())),
+    )
+    .expect("valid registration");
+    rt.start_all().await.expect("start");
+
+    let (result, caller) = dispatch_in_caller_span(&rt, &recording).await;
+    assert!(result.is_err());
+    let span = command_span(&recording, caller);
+    assert_eq!(span.fields["attempts"], "3");
+
+    let failures = recording.with_message(FAILURE);
+    let attempts: Vec<_> = failures.iter().map(|f| f.field("attempt")).collect();
+    assert_eq!(
+        attempts,
+        [Some("1"), Some("2"), Some("3")],
+        "once per attempt"
+    );
+    for failure in &failures {
+        assert_eq!(failure.scope, vec![caller, span.uid]);
+        assert_eq!(failure.level, Level::ERROR);
+        assert_eq!(
+            failure.field("dispatch_id"),
+            Some(span.fields["dispatch_id"].as_str())
+        );
+        assert_eq!(failure.field("failure_code"), Some("upstream_down"));
+    }
+    let messages: Vec<String> = recording
+        .events()
+        .iter()
+        .map(|e| e.message().to_owned())
+        .collect();
+    assert_eq!(messages.last().map(String::as_str), Some(COMMAND_COMPLETED));
+    assert!(!recording.all_text().contains("hunter2"));
+    rt.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_command_span_filtered_out_a_failure_stays_in_the_callers_span() {
+    let (recording, _guard) = record_filtered(tracing_subscriber::filter::filter_fn(|meta| {
+        meta.name() != COMMAND_SPAN
+    }));
+    let rt = started(CommandSpec::new("c", failing_handler())).await;
+
+    let (result, caller) = dispatch_in_caller_span(&rt, &recording).await;
+    assert!(result.is_err());
+    assert!(recording.spans_named(COMMAND_SPAN).is_empty());
+    let failure = recording.one(FAILURE);
+    assert_eq!(failure.scope, vec![caller]);
+    assert_eq!(failure.field("attempt"), Some("1"));
     rt.shutdown().await.expect("shutdown");
 }
