@@ -105,6 +105,12 @@ pub trait Control: Send + Sync {
     fn drain_all(&self) -> impl Future<Output = Result<(), LifecycleError>> + Send;
     /// Stops every worker; see [`Runtime::stop_all`].
     fn stop_all(&self) -> impl Future<Output = Result<(), LifecycleError>> + Send;
+    /// Removes a registered, stopped or failed worker with no command in flight, and returns
+    /// its last snapshot; see [`Runtime::remove`].
+    fn remove(
+        &self,
+        worker: &str,
+    ) -> impl Future<Output = Result<WorkerSnapshot, LifecycleError>> + Send;
     /// Graceful shutdown with the given budgets; see [`Runtime::shutdown_with`].
     fn shutdown_with(
         &self,
@@ -196,6 +202,12 @@ impl Control for Runtime {
     }
     fn stop_all(&self) -> impl Future<Output = Result<(), LifecycleError>> + Send {
         Self::stop_all(self)
+    }
+    fn remove(
+        &self,
+        worker: &str,
+    ) -> impl Future<Output = Result<WorkerSnapshot, LifecycleError>> + Send {
+        Self::remove(self, worker)
     }
     fn shutdown_with(
         &self,

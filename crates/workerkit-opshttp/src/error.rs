@@ -50,6 +50,8 @@ pub mod code {
     pub const COMMAND_CANCELLED: &str = "command_cancelled";
     /// 409: the runtime has been shut down.
     pub const RUNTIME_SHUT_DOWN: &str = "runtime_shut_down";
+    /// 409: the worker still has commands in flight, so it cannot be removed.
+    pub const WORKER_BUSY: &str = "worker_busy";
     /// 409: the operation was refused because waiting for it would deadlock.
     pub const REENTRANT_LIFECYCLE_CALL: &str = "reentrant_lifecycle_call";
     /// 413: the body is over the limit.
@@ -245,7 +247,8 @@ impl ApiError {
     }
 
     /// Maps a lifecycle error: a bad name is the caller's fault (400), an unknown worker 404, a
-    /// wrong state 409; a worker's own start or stop failure is a 500 that says nothing more.
+    /// wrong state or a worker still busy 409; a worker's own start or stop failure is a 500
+    /// that says nothing more.
     pub(crate) fn from_lifecycle(err: &LifecycleError) -> Self {
         use LifecycleError as E;
         match err {
@@ -269,6 +272,11 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 code::REENTRANT_LIFECYCLE_CALL,
                 "operation refused: it would wait for itself",
+            ),
+            E::WorkerBusy { worker, in_flight } => Self::new(
+                StatusCode::CONFLICT,
+                code::WORKER_BUSY,
+                format!("worker {worker:?} has {in_flight} commands in flight"),
             ),
             E::StartFailed { .. } => Self::internal(code::START_FAILED),
             E::StopFailed { .. } => Self::internal(code::STOP_FAILED),

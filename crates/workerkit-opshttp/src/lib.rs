@@ -197,7 +197,7 @@ where
         self
     }
 
-    /// Mounts the lifecycle routes: `POST {p}/workers/{start|drain|stop|shutdown}` and
+    /// Mounts the lifecycle routes: `POST {p}/workers/{start|drain|stop|shutdown|remove}` and
     /// `POST {p}/runtime/{start|drain|stop|shutdown}`.
     #[must_use]
     pub fn enable_lifecycle(mut self) -> Self {
@@ -293,7 +293,7 @@ where
         if self.lifecycle {
             // `/workers/start` and friends are static paths, which win over `/workers/{name}`:
             // serve a worker named like a verb from them too.
-            for verb in Verb::ALL {
+            for verb in Verb::WORKER {
                 read = read.route(
                     &self.path(&format!("workers/{}", verb.as_str())),
                     get(
@@ -322,30 +322,31 @@ where
 
         if self.lifecycle {
             let mut lifecycle: Group<R> = Router::new();
-            for verb in Verb::ALL {
-                lifecycle = lifecycle
-                    .route(
-                        &self.path(&format!("workers/{}", verb.as_str())),
-                        post(
-                            move |State(s): State<Arc<Shared<R>>>,
-                                  rid: RequestId,
-                                  headers: http::HeaderMap,
-                                  body: axum::body::Body| {
-                                routes::post_worker_op(verb, s, rid, headers, body)
-                            },
-                        ),
-                    )
-                    .route(
-                        &self.path(&format!("runtime/{}", verb.as_str())),
-                        post(
-                            move |State(s): State<Arc<Shared<R>>>,
-                                  rid: RequestId,
-                                  headers: http::HeaderMap,
-                                  body: axum::body::Body| {
-                                routes::post_runtime_op(verb, s, rid, headers, body)
-                            },
-                        ),
-                    );
+            for verb in Verb::WORKER {
+                lifecycle = lifecycle.route(
+                    &self.path(&format!("workers/{}", verb.as_str())),
+                    post(
+                        move |State(s): State<Arc<Shared<R>>>,
+                              rid: RequestId,
+                              headers: http::HeaderMap,
+                              body: axum::body::Body| {
+                            routes::post_worker_op(verb, s, rid, headers, body)
+                        },
+                    ),
+                );
+            }
+            for verb in Verb::RUNTIME {
+                lifecycle = lifecycle.route(
+                    &self.path(&format!("runtime/{}", verb.as_str())),
+                    post(
+                        move |State(s): State<Arc<Shared<R>>>,
+                              rid: RequestId,
+                              headers: http::HeaderMap,
+                              body: axum::body::Body| {
+                            routes::post_runtime_op(verb, s, rid, headers, body)
+                        },
+                    ),
+                );
             }
             router = router.merge(apply(lifecycle, &self.lifecycle_layers));
         }

@@ -304,17 +304,28 @@ pub(crate) async fn post_cancel<R: Dispatch>(
 
 // ---- Lifecycle ----
 
-/// A worker lifecycle verb.
+/// A lifecycle verb.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verb {
     Start,
     Drain,
     Stop,
     Shutdown,
+    /// Worker only: a runtime is not removed.
+    Remove,
 }
 
 impl Verb {
-    pub(crate) const ALL: [Self; 4] = [Self::Start, Self::Drain, Self::Stop, Self::Shutdown];
+    /// The verbs of `POST {p}/workers/{verb}`.
+    pub(crate) const WORKER: [Self; 5] = [
+        Self::Start,
+        Self::Drain,
+        Self::Stop,
+        Self::Shutdown,
+        Self::Remove,
+    ];
+    /// The verbs of `POST {p}/runtime/{verb}`.
+    pub(crate) const RUNTIME: [Self; 4] = [Self::Start, Self::Drain, Self::Stop, Self::Shutdown];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -322,6 +333,7 @@ impl Verb {
             Self::Drain => "drain",
             Self::Stop => "stop",
             Self::Shutdown => "shutdown",
+            Self::Remove => "remove",
         }
     }
 }
@@ -389,15 +401,22 @@ pub(crate) async fn post_worker_op<R: Inspect + Control + Clone + 'static>(
         let target = name.clone();
         let outcome = run_lifecycle(s.lifecycle_timeout, async move {
             match verb {
-                Verb::Start => runtime.start(&target).await,
-                Verb::Drain => runtime.drain(&target).await,
-                Verb::Stop => runtime.stop(&target).await,
-                Verb::Shutdown => runtime.shutdown_worker(&target, idle_timeout).await,
+                Verb::Start => runtime.start(&target).await.map(|_| None),
+                Verb::Drain => runtime.drain(&target).await.map(|_| None),
+                Verb::Stop => runtime.stop(&target).await.map(|_| None),
+                Verb::Shutdown => runtime
+                    .shutdown_worker(&target, idle_timeout)
+                    .await
+                    .map(|_| None),
+                // The worker is gone afterwards: its last snapshot is the answer.
+                Verb::Remove => runtime.remove(&target).await.map(Some),
             }
         })
         .await?;
-        outcome.map_err(|err| ApiError::from_lifecycle(&err))?;
-        worker_view(&s.runtime, &name)
+        match outcome.map_err(|err| ApiError::from_lifecycle(&err))? {
+            Some(last) => Ok(ok(last)),
+            None => worker_view(&s.runtime, &name),
+        }
     }
     .await;
     respond(&rid, result)
@@ -436,6 +455,8 @@ pub(crate) async fn post_runtime_op<R: Inspect + Control + Clone + 'static>(
                     .await
                     .map(drop)
                     .map_err(|e| ApiError::from_shutdown(&e)),
+                // Not in `Verb::RUNTIME`, so never mounted here.
+                Verb::Remove => Err(ApiError::internal(code::INTERNAL)),
             }
         })
         .await?;

@@ -360,3 +360,121 @@ async fn starting_a_running_worker_is_a_conflict() {
     let reply = worker_op(&app, "start", "echo").await;
     assert_error(&reply, StatusCode::CONFLICT, "invalid_worker_state");
 }
+
+#[tokio::test]
+async fn remove_answers_the_last_snapshot_and_frees_the_name() {
+    let rt = runtime(&Gates::default());
+    let app = app(&rt);
+    let reply = worker_op(&app, "remove", "start").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    assert_eq!(reply.body["data"]["name"], "start");
+    assert_eq!(reply.body["data"]["status"]["state"], "registered");
+    // Gone: not readable, not removable again, and the name can be registered again.
+    assert_error(
+        &get(&app, "/admin/workers/start").await,
+        StatusCode::NOT_FOUND,
+        "worker_not_found",
+    );
+    assert_error(
+        &worker_op(&app, "remove", "start").await,
+        StatusCode::NOT_FOUND,
+        "worker_not_found",
+    );
+    assert_eq!(
+        get(&app, "/admin/workers").await.body["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    rt.register(WorkerSpec::new("start", worker_fn(|_ctx| async { Ok(()) })))
+        .unwrap();
+    assert_eq!(
+        get(&app, "/admin/workers/start").await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn remove_refuses_an_active_worker_then_removes_it_once_stopped() {
+    let rt = runtime(&Gates::default());
+    let app = app(&rt);
+    worker_op(&app, "start", "echo").await;
+    let reply = worker_op(&app, "remove", "echo").await;
+    assert_error(&reply, StatusCode::CONFLICT, "invalid_worker_state");
+    assert_eq!(
+        rt.worker("echo").unwrap().status.state,
+        LifecycleState::Running,
+        "a refused remove changes nothing"
+    );
+    worker_op(&app, "stop", "echo").await;
+    let reply = worker_op(&app, "remove", "echo").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    assert_eq!(reply.body["data"]["status"]["state"], "stopped");
+    assert!(rt.worker("echo").is_none());
+}
+
+#[tokio::test]
+async fn removing_a_worker_with_a_command_in_flight_is_409_worker_busy() {
+    let gates = Gates::default();
+    let rt = runtime(&gates);
+    rt.start_all().await.unwrap();
+    let app = app(&rt);
+    let entered = gates.entered.notified();
+    let held = tokio::spawn({
+        let rt = rt.clone();
+        async move {
+            rt.dispatch(workerkit_core::CommandRequest::new("echo", "hold"))
+                .await
+        }
+    });
+    entered.await;
+    // A stop does not wait for the command: the worker is stopped, the command still runs.
+    worker_op(&app, "stop", "echo").await;
+    let reply = worker_op(&app, "remove", "echo").await;
+    assert_error(&reply, StatusCode::CONFLICT, "worker_busy");
+    assert_eq!(
+        reply.body["error"], "worker \"ops/echo\" has 1 commands in flight",
+        "{}",
+        reply.raw
+    );
+    gates.release.notify_one();
+    held.await.unwrap().unwrap();
+    let reply = worker_op(&app, "remove", "echo").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+}
+
+#[tokio::test]
+async fn remove_checks_bodies_and_names_and_is_a_worker_verb_only() {
+    let rt = runtime(&Gates::default());
+    let app = app(&rt);
+    let reply = post(&app, "/admin/workers/remove", "{}").await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_json");
+    assert_error(
+        &worker_op(&app, "remove", "bad name!").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_name",
+    );
+    assert_error(
+        &worker_op(&app, "remove", "nope").await,
+        StatusCode::NOT_FOUND,
+        "worker_not_found",
+    );
+    // A runtime is not removed: no such route.
+    assert_eq!(
+        post(&app, "/admin/runtime/remove", "").await.status,
+        StatusCode::NOT_FOUND
+    );
+    // A worker named `remove` stays readable, and removable.
+    rt.register(WorkerSpec::new(
+        "remove",
+        worker_fn(|_ctx| async { Ok(()) }),
+    ))
+    .unwrap();
+    let read = get(&app, "/admin/workers/remove").await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.raw);
+    assert_eq!(read.body["data"]["name"], "remove");
+    let reply = worker_op(&app, "remove", "remove").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    assert_eq!(reply.body["data"]["name"], "remove");
+}

@@ -5,9 +5,12 @@ mod support;
 use axum::Router;
 use http::StatusCode;
 use serde_json::json;
+use std::time::Duration;
 use support::{Gates, get, runtime};
+
 use workerkit_core::failure::BoxError;
-use workerkit_core::{FailurePolicy, Runtime, WorkerSpec};
+use workerkit_core::supervise::{StallAction, Watchdog};
+use workerkit_core::{FailurePolicy, LoopWorker, Runtime, WorkerSpec};
 use workerkit_opshttp::{OpsHttp, SHUTTING_DOWN_REASON};
 
 #[tokio::test]
@@ -111,4 +114,48 @@ async fn a_wrong_method_on_a_probe_is_a_json_405() {
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(reply.code(), "method_not_allowed");
     assert!(reply.header("allow").unwrap().contains("GET"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn livez_names_a_stalled_worker_whose_watchdog_fails_liveness_and_readyz_stays_ready() {
+    let rt = Runtime::builder("ops").build().unwrap();
+    rt.register(
+        WorkerSpec::new(
+            "stuck",
+            // Never beats.
+            LoopWorker::new(|ctx| async move {
+                ctx.stop_requested().await;
+                Ok::<(), BoxError>(())
+            }),
+        )
+        .watchdog(Watchdog::new(Duration::from_secs(1), StallAction::FailLiveness).unwrap()),
+    )
+    .unwrap();
+    rt.start_all().await.unwrap();
+    let app: Router = workerkit_opshttp::probes(rt.clone());
+    assert_eq!(get(&app, "/livez").await.status, StatusCode::OK);
+    let ready_before = get(&app, "/readyz").await;
+    assert_eq!(ready_before.status, StatusCode::OK, "{}", ready_before.raw);
+
+    // The paused clock runs on to the watchdog's check.
+    let mut watch = rt.subscribe();
+    watch.wait_until(|rt| !rt.liveness().live).await;
+    let reply = get(&app, "/livez").await;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.raw
+    );
+    assert_eq!(reply.body["status"], "not_live");
+    let reasons = reply.body["reasons"].as_array().unwrap();
+    assert_eq!(reasons.len(), 1, "{}", reply.raw);
+    let reason = reasons[0].as_str().unwrap();
+    assert!(reason.contains("\"ops/stuck\""), "{reason}");
+    assert!(reason.contains("stalled"), "{reason}");
+
+    // Readiness is not liveness: unchanged.
+    let reply = get(&app, "/readyz").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    assert_eq!(reply.body, ready_before.body);
 }

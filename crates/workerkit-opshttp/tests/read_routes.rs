@@ -2,9 +2,17 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use http::StatusCode;
 use serde_json::json;
 use support::{Gates, assert_error, get, runtime};
+use workerkit_core::failure::BoxError;
+use workerkit_core::retry::Backoff;
+use workerkit_core::supervise::RestartPolicy;
+use workerkit_core::{LifecycleState, LoopWorker, Runtime, WorkerSpec};
 use workerkit_opshttp::OpsHttp;
 
 #[tokio::test]
@@ -51,6 +59,13 @@ async fn one_worker_by_local_or_qualified_name() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body["data"]["name"], "echo");
     assert_eq!(reply.body["data"]["status"]["state"], "registered");
+    // The supervision fields, with a worker's defaults (`nextRestartAt` only while restarting).
+    let status = &reply.body["data"]["status"];
+    assert_eq!(status["restartPolicy"], "never", "{}", reply.raw);
+    assert_eq!(status["restarts"], 0);
+    assert_eq!(status["gaveUp"], false);
+    assert_eq!(status["stalled"], false);
+    assert!(status.get("nextRestartAt").is_none(), "{}", reply.raw);
     let qualified = reply.body["data"]["qualifiedName"]
         .as_str()
         .unwrap()
@@ -204,4 +219,52 @@ async fn diagram_route_serves_the_runtime_as_mermaid_text() {
         reply.raw
     );
     assert!(reply.raw.contains("class w0 running"), "{}", reply.raw);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarting_worker_shows_its_state_and_next_restart() {
+    let rt = Runtime::builder("ops").build().unwrap();
+    // The loop fails once; its restart waits 10 s (no jitter).
+    let failed_once = Arc::new(AtomicBool::new(false));
+    rt.register(
+        WorkerSpec::new(
+            "flaky",
+            LoopWorker::new(move |ctx| {
+                let first = !failed_once.swap(true, Ordering::Relaxed);
+                async move {
+                    if first {
+                        return Err::<(), BoxError>("lost the connection".into());
+                    }
+                    ctx.stop_requested().await;
+                    Ok(())
+                }
+            }),
+        )
+        .restart(RestartPolicy::on_failure().backoff(Backoff::constant(Duration::from_secs(10)))),
+    )
+    .unwrap();
+    rt.start_all().await.unwrap();
+    let mut watch = rt.subscribe();
+    watch
+        .wait_until(|rt| rt.worker("flaky").unwrap().status.state == LifecycleState::Restarting)
+        .await;
+    let app = workerkit_opshttp::router(rt.clone());
+    let reply = get(&app, "/admin/workers/flaky").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.raw);
+    let status = &reply.body["data"]["status"];
+    assert_eq!(status["state"], "restarting", "{}", reply.raw);
+    assert_eq!(status["restartPolicy"], "on_failure");
+    assert_eq!(status["restarts"], 0);
+    assert!(status["nextRestartAt"].is_string(), "{}", reply.raw);
+    assert_eq!(status["gaveUp"], false);
+
+    // Time moves on (paused clock): the restart happens, and the field goes.
+    watch
+        .wait_until(|rt| rt.worker("flaky").unwrap().status.state == LifecycleState::Running)
+        .await;
+    let reply = get(&app, "/admin/workers/flaky").await;
+    let status = &reply.body["data"]["status"];
+    assert_eq!(status["state"], "running", "{}", reply.raw);
+    assert_eq!(status["restarts"], 1);
+    assert!(status.get("nextRestartAt").is_none(), "{}", reply.raw);
 }

@@ -1,4 +1,4 @@
-//! The demo service: an HTTP operations plane over five workers, with Kubernetes probes and a
+//! The demo service: an HTTP operations plane over six workers, with Kubernetes probes and a
 //! managed graceful shutdown on Ctrl-C or SIGTERM (a second signal forces it).
 //!
 //! - `poller` polls on an interval (a [`LoopWorker`]) and fills a cache;
@@ -11,7 +11,14 @@
 //! - `echo` has a worker-local concurrency limit of 8 (fail-fast: the ninth concurrent command
 //!   gets 429) and the commands `echo` (returns its JSON payload), `sleep` (`{"ms": N}`: waits,
 //!   honouring cancellation) and `fail` (a handler error whose text holds a fake secret, which
-//!   never reaches a client).
+//!   never reaches a client);
+//! - `chaos` is supervised: made by a factory (a fresh instance per incarnation), restarted on
+//!   failure with a visible backoff (500 ms doubling up to 10 s, equal jitter; at most 5
+//!   restarts a minute, then it gives up and stays `failed`), and watched by a heartbeat
+//!   watchdog (5 s, action `report`). Its command `crash` makes its loop panic, so you can watch
+//!   it go `restarting` and come back in `GET /admin/workers/chaos`, `GET /admin/events` and the
+//!   logs; `stall` (`{"ms": N}`) makes it skip its heartbeats for a while, so its status shows
+//!   `stalled`. It does not contribute to readiness: the service stays ready while it restarts.
 //!
 //! HTTP (default `127.0.0.1:8080`; `--addr` or `WORKERKIT_DEMO_ADDR` to change it; port 0 picks
 //! a free port, and the bound address is printed): probes `/livez` and `/readyz` at the root;
@@ -25,7 +32,9 @@
 //! 0 after a clean shutdown and 1 otherwise (forced, budget exhausted, or a failed runtime).
 //!
 //! Logs go to stdout: every lifecycle, readiness, failure and command event through
-//! [`TracingObserver`] (with a span per command), and the demo's own lines. When
+//! [`TracingObserver`] (with a span per command), every supervision event (restart scheduled,
+//! restarted, gave up, stalled...) through the demo's [`SupervisionLog`], and the demo's own
+//! lines. When
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and only then), traces and metrics are exported over
 //! OTLP/HTTP as well (`OTEL_SERVICE_NAME` names the service); a dispatch's `traceparent` header
 //! continues the caller's trace. Everything is
@@ -42,9 +51,12 @@ use std::time::Duration;
 use serde_json::json;
 use workerkit_core::command::{AdmissionMode, json_handler};
 use workerkit_core::failure;
+use workerkit_core::observe::{SupervisionEvent, SupervisionKind};
+use workerkit_core::retry::{Backoff, Jitter};
 use workerkit_core::signal::shutdown_signal;
+use workerkit_core::supervise::{Intensity, RestartPolicy, StallAction, Watchdog};
 use workerkit_core::{
-    CommandRequest, CommandResponse, CommandSpec, LoopWorker, ReadinessCheck, Runtime,
+    CommandRequest, CommandResponse, CommandSpec, LoopWorker, Observer, ReadinessCheck, Runtime,
     WorkerContext, WorkerSpec, handler_fn, worker_fn,
 };
 use workerkit_opshttp::{BearerAuthLayer, ManagedService, OpsHttp};
@@ -291,6 +303,199 @@ fn echo() -> WorkerSpec {
         )
 }
 
+/// How often `chaos` ticks, and beats.
+const CHAOS_TICK: Duration = Duration::from_secs(1);
+
+/// `chaos`'s watchdog timeout: with no beat for this long it is reported stalled.
+const CHAOS_WATCHDOG: Duration = Duration::from_secs(5);
+
+/// `chaos`'s restart policy: on failure, after 500 ms, 1 s, 2 s, ... up to 10 s (equal jitter:
+/// each delay between half and all of that), at most 5 restarts a minute; a minute of healthy
+/// running resets the backoff.
+fn chaos_restart_policy() -> Result<RestartPolicy, Box<dyn Error>> {
+    let backoff = Backoff::exponential(Duration::from_millis(500), 2.0, Duration::from_secs(10))?
+        .jitter(Jitter::Equal)?;
+    Ok(RestartPolicy::on_failure()
+        .backoff(backoff)
+        .reset_after(Duration::from_secs(60))
+        .intensity(Intensity::new(5, Duration::from_secs(60))?))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stall {
+    ms: u64,
+}
+
+/// The `chaos` worker: a supervised loop that ticks and beats, with commands that break it.
+///
+/// Each incarnation comes from the factory and subscribes to the crash requests when it is made,
+/// before it runs: a `crash` dispatched while it runs is never missed, and one from before it
+/// existed is never replayed.
+fn chaos() -> Result<WorkerSpec, Box<dyn Error>> {
+    let (crash_tx, _) = tokio::sync::watch::channel(0_u64);
+    let crash_tx = Arc::new(crash_tx);
+    // The loop skips its beats until this instant (the `stall` command).
+    let stall_until: Arc<std::sync::Mutex<Option<tokio::time::Instant>>> = Arc::default();
+
+    let factory = {
+        let crash_tx = Arc::clone(&crash_tx);
+        let stall_until = Arc::clone(&stall_until);
+        move || {
+            let crash = crash_tx.subscribe();
+            let stall_until = Arc::clone(&stall_until);
+            LoopWorker::new(move |ctx: WorkerContext| {
+                let mut crash = crash.clone();
+                let stall_until = Arc::clone(&stall_until);
+                async move {
+                    let how = ctx.restart().map_or_else(String::new, |info| {
+                        format!(
+                            " after restart {} (backoff attempt {}; the previous one: {})",
+                            info.restarts,
+                            info.attempt,
+                            info.previous.reason.as_str()
+                        )
+                    });
+                    println!("chaos: incarnation {} up{how}", ctx.incarnation());
+                    let mut tick = tokio::time::interval(CHAOS_TICK);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            () = ctx.stop_requested() => return Ok(()),
+                            changed = crash.changed() => {
+                                if changed.is_err() {
+                                    // No more crash requests can come (the spec is gone).
+                                    ctx.stop_requested().await;
+                                    return Ok(());
+                                }
+                                println!("chaos: crash requested; panicking now");
+                                panic!("chaos: crash requested");
+                            }
+                            _ = tick.tick() => {
+                                let stalled = stall_until
+                                    .lock()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                    .is_some_and(|until| tokio::time::Instant::now() < until);
+                                if !stalled {
+                                    ctx.beat();
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        }
+    };
+
+    let crash = handler_fn(move |_ctx| {
+        crash_tx.send_modify(|requests| *requests += 1);
+        async {
+            Ok(CommandResponse::message(
+                "chaos crashes now; watch GET /admin/workers/chaos",
+            ))
+        }
+    });
+    let stall = json_handler(move |_ctx, stall: Stall| {
+        let until = tokio::time::Instant::now() + Duration::from_millis(stall.ms);
+        *stall_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(until);
+        async move { Ok::<_, failure::BoxError>(json!({ "stalled_ms": stall.ms })) }
+    });
+
+    Ok(WorkerSpec::from_factory("chaos", factory)
+        .description("a supervised worker you can crash: restarts with backoff")
+        .contributes_to_readiness(false)
+        .restart(chaos_restart_policy()?)
+        .watchdog(Watchdog::new(CHAOS_WATCHDOG, StallAction::Report)?)
+        .command(
+            CommandSpec::new("crash", crash)
+                .description("makes the worker's loop panic; the restart policy restarts it")
+                .dangerous(true),
+        )
+        .command(
+            CommandSpec::new("stall", stall)
+                .description("skips heartbeats for {\"ms\": N} milliseconds (watchdog: stalled)")
+                .payload_kind("stall"),
+        ))
+}
+
+/// Logs the runtime's supervision events, which the tracing observer does not cover: restarts
+/// scheduled and made, give-ups, stalls, and a shutdown that is still waiting.
+#[derive(Debug)]
+struct SupervisionLog;
+
+impl Observer for SupervisionLog {
+    fn on_supervision(&self, event: &SupervisionEvent) {
+        let worker = event.worker.as_deref().unwrap_or(&event.runtime);
+        let kind = event.kind.name();
+        let incarnation = event.incarnation;
+        match &event.kind {
+            SupervisionKind::RestartScheduled {
+                attempt,
+                delay,
+                reason,
+                failure,
+                ..
+            } => tracing::warn!(
+                worker,
+                incarnation,
+                kind,
+                attempt,
+                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                reason = reason.as_str(),
+                code = failure.as_ref().map(failure::Failure::code),
+                "supervision: restart scheduled"
+            ),
+            SupervisionKind::Restarted { restarts, attempt } => tracing::info!(
+                worker,
+                incarnation,
+                kind,
+                restarts,
+                attempt,
+                "supervision: restarted"
+            ),
+            SupervisionKind::GaveUp {
+                restarts,
+                reason,
+                why,
+                ..
+            } => tracing::error!(
+                worker,
+                incarnation,
+                kind,
+                restarts,
+                reason = reason.as_str(),
+                why,
+                "supervision: gave up"
+            ),
+            SupervisionKind::Stalled { timeout, action } => tracing::warn!(
+                worker,
+                incarnation,
+                kind,
+                timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                action = action.as_str(),
+                "supervision: stalled"
+            ),
+            SupervisionKind::ShutdownWaiting {
+                elapsed,
+                workers,
+                in_flight,
+                phase,
+            } => tracing::info!(
+                kind,
+                elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+                workers = ?workers,
+                in_flight,
+                phase,
+                "supervision: shutdown still waiting"
+            ),
+            // Restart cancelled, stall cleared, and any kind added later.
+            _ => tracing::info!(worker, incarnation, kind, "supervision: {kind}"),
+        }
+    }
+}
+
 /// The demo's settings, from the command line and the environment.
 #[derive(Debug)]
 struct Settings {
@@ -358,6 +563,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .init();
     let mut builder = Runtime::builder("demo")
         .with_observer(TracingObserver::new())
+        .with_observer(SupervisionLog)
         .stop_timeout(Duration::from_secs(5));
     // OpenTelemetry traces and metrics over OTLP/HTTP when an endpoint is configured (the
     // standard `OTEL_*` variables), and only then; flushed at the end of the shutdown.
@@ -392,6 +598,7 @@ async fn run() -> Result<(), Box<dyn Error>> {
     )?;
     runtime.register(admin(&counters, &connected))?;
     runtime.register(echo())?;
+    runtime.register(chaos()?)?;
 
     // The operations plane. Mutating routes need the token when one is set; without one they
     // are mounted only on a loopback address.
