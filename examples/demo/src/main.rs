@@ -32,9 +32,8 @@
 //! 0 after a clean shutdown and 1 otherwise (forced, budget exhausted, or a failed runtime).
 //!
 //! Logs go to stdout: every lifecycle, readiness, failure and command event through
-//! [`TracingObserver`] (with a span per command), every supervision event (restart scheduled,
-//! restarted, gave up, stalled...) through the demo's [`SupervisionLog`], and the demo's own
-//! lines. When
+//! [`TracingObserver`] (with a span per command, and every supervision event: restart scheduled,
+//! restarted, gave up, stalled...), and the demo's own lines. When
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and only then), traces and metrics are exported over
 //! OTLP/HTTP as well (`OTEL_SERVICE_NAME` names the service); a dispatch's `traceparent` header
 //! continues the caller's trace. Everything is
@@ -51,12 +50,11 @@ use std::time::Duration;
 use serde_json::json;
 use workerkit_core::command::{AdmissionMode, json_handler};
 use workerkit_core::failure;
-use workerkit_core::observe::{SupervisionEvent, SupervisionKind};
 use workerkit_core::retry::{Backoff, Jitter};
 use workerkit_core::signal::shutdown_signal;
 use workerkit_core::supervise::{Intensity, RestartPolicy, StallAction, Watchdog};
 use workerkit_core::{
-    CommandRequest, CommandResponse, CommandSpec, LoopWorker, Observer, ReadinessCheck, Runtime,
+    CommandRequest, CommandResponse, CommandSpec, LoopWorker, ReadinessCheck, Runtime,
     WorkerContext, WorkerSpec, handler_fn, worker_fn,
 };
 use workerkit_opshttp::{BearerAuthLayer, ManagedService, OpsHttp};
@@ -420,82 +418,6 @@ fn chaos() -> Result<WorkerSpec, Box<dyn Error>> {
         ))
 }
 
-/// Logs the runtime's supervision events, which the tracing observer does not cover: restarts
-/// scheduled and made, give-ups, stalls, and a shutdown that is still waiting.
-#[derive(Debug)]
-struct SupervisionLog;
-
-impl Observer for SupervisionLog {
-    fn on_supervision(&self, event: &SupervisionEvent) {
-        let worker = event.worker.as_deref().unwrap_or(&event.runtime);
-        let kind = event.kind.name();
-        let incarnation = event.incarnation;
-        match &event.kind {
-            SupervisionKind::RestartScheduled {
-                attempt,
-                delay,
-                reason,
-                failure,
-                ..
-            } => tracing::warn!(
-                worker,
-                incarnation,
-                kind,
-                attempt,
-                delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                reason = reason.as_str(),
-                code = failure.as_ref().map(failure::Failure::code),
-                "supervision: restart scheduled"
-            ),
-            SupervisionKind::Restarted { restarts, attempt } => tracing::info!(
-                worker,
-                incarnation,
-                kind,
-                restarts,
-                attempt,
-                "supervision: restarted"
-            ),
-            SupervisionKind::GaveUp {
-                restarts,
-                reason,
-                why,
-                ..
-            } => tracing::error!(
-                worker,
-                incarnation,
-                kind,
-                restarts,
-                reason = reason.as_str(),
-                why,
-                "supervision: gave up"
-            ),
-            SupervisionKind::Stalled { timeout, action } => tracing::warn!(
-                worker,
-                incarnation,
-                kind,
-                timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-                action = action.as_str(),
-                "supervision: stalled"
-            ),
-            SupervisionKind::ShutdownWaiting {
-                elapsed,
-                workers,
-                in_flight,
-                phase,
-            } => tracing::info!(
-                kind,
-                elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-                workers = ?workers,
-                in_flight,
-                phase,
-                "supervision: shutdown still waiting"
-            ),
-            // Restart cancelled, stall cleared, and any kind added later.
-            _ => tracing::info!(worker, incarnation, kind, "supervision: {kind}"),
-        }
-    }
-}
-
 /// The demo's settings, from the command line and the environment.
 #[derive(Debug)]
 struct Settings {
@@ -563,7 +485,6 @@ async fn run() -> Result<(), Box<dyn Error>> {
         .init();
     let mut builder = Runtime::builder("demo")
         .with_observer(TracingObserver::new())
-        .with_observer(SupervisionLog)
         .stop_timeout(Duration::from_secs(5));
     // OpenTelemetry traces and metrics over OTLP/HTTP when an endpoint is configured (the
     // standard `OTEL_*` variables), and only then; flushed at the end of the shutdown.

@@ -136,11 +136,15 @@ fn a_crashed_chaos_worker_restarts_with_backoff_and_can_be_removed() {
         demo.output()
     );
     assert!(
-        demo.has_line("supervision: restart scheduled"),
+        demo.has_line("workerkit restart scheduled"),
         "{}",
         demo.output()
     );
-    assert!(demo.has_line("supervision: restarted"), "{}", demo.output());
+    assert!(
+        demo.has_line("workerkit worker restarted"),
+        "{}",
+        demo.output()
+    );
 
     // A running worker is not removed; a stopped one is, and is gone.
     let name = r#"{"name":"chaos"}"#;
