@@ -210,19 +210,29 @@ async fn gate(inner: &Inner, plan: &Plan) -> Option<tokio::sync::OwnedSemaphoreP
 /// The supervisor task of one scheduled restart.
 async fn supervise(inner: Arc<Inner>, plan: Plan) {
     let mut timer = Deadline::default();
-    {
-        let Some(_permit) = gate(&inner, &plan).await else {
+    let Some(permit) = gate(&inner, &plan).await else {
+        return;
+    };
+    ops::reap(&inner, plan.idx, plan.incarnation, &mut timer).await;
+    let _permit = if plan.due > Instant::now() {
+        // Wait out the backoff with the gate released.
+        drop(permit);
+        tokio::select! {
+            biased;
+            () = plan.cancel.cancelled() => return,
+            () = tokio::time::sleep_until(plan.due) => {}
+        }
+        let Some(permit) = gate(&inner, &plan).await else {
             return;
         };
-        ops::reap(&inner, plan.idx, plan.incarnation, &mut timer).await;
-    }
-    tokio::select! {
-        biased;
-        () = plan.cancel.cancelled() => return,
-        () = tokio::time::sleep_until(plan.due) => {}
-    }
-    let Some(_permit) = gate(&inner, &plan).await else {
-        return;
+        permit
+    } else {
+        // No backoff left (a zero delay): start at once, in the same hold of the gate (a timer
+        // would round up to the next millisecond).
+        if !pending(&inner, &plan) {
+            return;
+        }
+        permit
     };
     // The outcome is in the worker's status and events; a failed start schedules the next
     // restart itself (or gives up). A panic has no caller to resume on: under `Propagate` it
