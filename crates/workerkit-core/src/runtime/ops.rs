@@ -478,8 +478,7 @@ pub(super) async fn start(
 /// Aborts and awaits the child tasks (`WorkerContext::spawn`) of incarnations up to
 /// `incarnation`.
 pub(super) async fn shut_down_children(entry: &super::WorkerEntry, incarnation: u64) {
-    let mut children = entry.take_children(incarnation);
-    if !children.is_empty() {
+    if let Some(mut children) = entry.take_children(incarnation) {
         children.shutdown().await;
     }
 }

@@ -179,16 +179,16 @@ pub(crate) struct WorkerEntry {
 
 impl WorkerEntry {
     /// Takes the child tasks of incarnations up to `incarnation` (to abort and await them).
-    pub(crate) fn take_children(&self, incarnation: u64) -> tokio::task::JoinSet<()> {
+    pub(crate) fn take_children(&self, incarnation: u64) -> Option<tokio::task::JoinSet<()>> {
         let mut children = self
             .children
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match children.as_mut() {
-            Some(children) if children.incarnation <= incarnation => {
-                std::mem::take(&mut children.set)
+            Some(children) if children.incarnation <= incarnation && !children.set.is_empty() => {
+                Some(std::mem::take(&mut children.set))
             }
-            _ => tokio::task::JoinSet::new(),
+            _ => None,
         }
     }
 }
