@@ -12,6 +12,10 @@
 //! - `slow` runs out of its 50 ms timeout (`deadline_exceeded`);
 //! - one more `rebuild` after the shutdown began is rejected (0 attempts).
 //!
+//! A second worker, `crawler`, loses its upstream in its first incarnation and is restarted by
+//! its restart policy: a `workerkit restart scheduled` line at WARN (with the attempt, the
+//! delay and the failure code), then `workerkit worker restarted`.
+//!
 //! Lifecycle transitions, readiness changes, lifecycle operations and the check's executions
 //! are logged along the way. Set `WORKERKIT_LOG_CAUSES=1` to see the private causes too, at
 //! DEBUG (for local development only).
@@ -23,6 +27,8 @@ use std::time::Duration;
 
 use tracing::{Instrument, Level};
 use workerkit_core::failure;
+use workerkit_core::retry::Backoff;
+use workerkit_core::supervise::RestartPolicy;
 use workerkit_core::{
     CommandRequest, CommandResponse, CommandSpec, LoopWorker, ReadinessCheck, Runtime, WorkerSpec,
     handler_fn,
@@ -89,7 +95,27 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .timeout(Duration::from_millis(50)),
     );
     runtime.register(indexer)?;
+    // Fails once, then runs: its restart policy brings it back after 20 ms.
+    let crawler = WorkerSpec::from_factory("crawler", || {
+        LoopWorker::new(|ctx| async move {
+            if ctx.restart().is_none() {
+                return Err(failure::with_failure(
+                    std::io::Error::other("upstream reset the connection"),
+                    "upstream_lost",
+                    "upstream connection lost",
+                ));
+            }
+            ctx.stop_requested().await;
+            Ok(())
+        })
+    })
+    .restart(RestartPolicy::on_failure().backoff(Backoff::constant(Duration::from_millis(20))));
+    runtime.register(crawler)?;
     runtime.start_all().await?;
+    runtime
+        .subscribe()
+        .wait_until(|rt| rt.worker("crawler").is_some_and(|w| w.status.restarts == 1))
+        .await;
 
     // The caller's own span: the command spans nest under it.
     let request_span = tracing::info_span!("admin_request", user = "ops");
