@@ -1216,3 +1216,53 @@ async fn an_arc_observer_gets_supervision_events() {
         ["U rt/w restart_scheduled", "U rt/w restarted"]
     );
 }
+
+/// While a shutdown waits for commands, its reports name them (oldest first).
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_waiting_for_commands_names_them() {
+    let recorder = RecordingObserver::new();
+    let rt = Runtime::builder("rt")
+        .with_observer(recorder.clone())
+        .shutdown_report_interval(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let slow = workerkit_core::handler_fn(|_ctx| async move {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        Ok(workerkit_core::CommandResponse::empty())
+    });
+    rt.register(Script::new([]).spec("w").command(
+        workerkit_core::CommandSpec::new("export", slow).timeout(Duration::from_secs(10)),
+    ))
+    .unwrap();
+    rt.start_all().await.unwrap();
+    let dispatch = rt.dispatch(workerkit_core::CommandRequest::new("w", "export"));
+    let (result, report) = tokio::join!(dispatch, async {
+        tokio::task::yield_now().await;
+        rt.shutdown().await
+    });
+    let id = result.unwrap().id;
+    report.unwrap();
+    let reports: Vec<_> = recorder
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Recorded::Supervision(e) => match e.kind {
+                workerkit_core::observe::SupervisionKind::ShutdownWaiting {
+                    commands,
+                    in_flight,
+                    phase,
+                    ..
+                } => Some((commands, in_flight, phase)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for (commands, in_flight, phase) in reports {
+        assert_eq!((in_flight, phase), (1, "draining"));
+        assert_eq!(commands.len(), 1);
+        assert_eq!(commands[0].id, id);
+        assert_eq!(&*commands[0].command, "export");
+    }
+}

@@ -426,6 +426,7 @@ impl Observer for OtelObserver {
                 workers,
                 in_flight,
                 phase,
+                ..
             } => {
                 attrs.push(kv(semconv::SHUTDOWN_ELAPSED, elapsed.as_secs_f64()));
                 attrs.push(kv(semconv::SHUTDOWN_PHASE, *phase));

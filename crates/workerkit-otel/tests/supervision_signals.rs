@@ -387,6 +387,7 @@ fn each_supervision_kind_is_a_span_with_its_attributes_and_only_three_kinds_coun
             elapsed: Duration::from_secs(10),
             workers: vec!["rt/b".into(), "rt/a".into()],
             in_flight: 2,
+            commands: Vec::new(),
             phase: "draining",
         },
     );

@@ -294,7 +294,9 @@ impl Observer for TracingObserver {
                 elapsed,
                 workers,
                 in_flight,
+                commands,
                 phase,
+                ..
             } => tracing::event!(
                 target: TARGET,
                 Level::WARN,
@@ -307,6 +309,7 @@ impl Observer for TracingObserver {
                 in_flight = *in_flight,
                 pending_workers = workers.len(),
                 workers = %Names(workers),
+                commands = %Commands(commands),
             ),
             // `SupervisionKind` is non-exhaustive: a kind added later is logged by name.
             _ => event_at!(
@@ -409,6 +412,28 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// Displays worker names comma-separated (`rt/a, rt/b`), without allocating.
+/// In-flight commands as `worker/command (id, age 1.250s)`, comma separated.
+struct Commands<'a>(&'a [workerkit_core::command::InFlightCommand]);
+
+impl fmt::Display for Commands<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, command) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(
+                f,
+                "{}/{} ({}, age {:.3}s)",
+                command.worker,
+                command.command,
+                command.id,
+                command.age.as_secs_f64()
+            )?;
+        }
+        Ok(())
+    }
+}
+
 struct Names<'a>(&'a [Arc<str>]);
 
 impl fmt::Display for Names<'_> {

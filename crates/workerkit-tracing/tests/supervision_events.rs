@@ -228,6 +228,7 @@ fn each_supervision_kind_is_one_event_with_its_message_level_and_fields() {
             elapsed: Duration::from_millis(5250),
             workers: vec!["rt/b".into(), "rt/a".into()],
             in_flight: 3,
+            commands: Vec::new(),
             phase: "draining",
         },
     );
@@ -246,7 +247,8 @@ fn each_supervision_kind_is_one_event_with_its_message_level_and_fields() {
             "phase",
             "in_flight",
             "pending_workers",
-            "workers"
+            "workers",
+            "commands"
         ]),
         "a runtime-wide event has no worker and no incarnation"
     );
@@ -256,6 +258,7 @@ fn each_supervision_kind_is_one_event_with_its_message_level_and_fields() {
     assert_eq!(e.field("in_flight"), Some("3"));
     assert_eq!(e.field("pending_workers"), Some("2"));
     assert_eq!(e.field("workers"), Some("rt/b, rt/a"), "in stop order");
+    assert_eq!(e.field("commands"), Some(""));
 }
 
 #[test]

@@ -336,6 +336,9 @@ pub struct SupervisionEvent {
     pub at: Timestamp,
 }
 
+/// How many in-flight commands a [`SupervisionKind::ShutdownWaiting`] names.
+pub const SHUTDOWN_REPORT_COMMANDS: usize = 16;
+
 /// What a [`SupervisionEvent`] reports.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -391,6 +394,8 @@ pub enum SupervisionKind {
         workers: Vec<Arc<str>>,
         /// Commands still in flight.
         in_flight: usize,
+        /// The oldest of them (at most [`SHUTDOWN_REPORT_COMMANDS`]), oldest first.
+        commands: Vec<crate::command::InFlightCommand>,
         /// The phase: `draining` (waiting for commands) or `stopping`.
         phase: &'static str,
     },

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub use event::{
     Cause, CheckEndEvent, CheckOutcome, CheckStartEvent, CommandEndEvent, CommandOutcome,
     CommandStartEvent, FailureEvent, Operation, OperationEvent, OperationPhase, ReadinessEvent,
-    SupervisionEvent, SupervisionKind, TransitionEvent,
+    SHUTDOWN_REPORT_COMMANDS, SupervisionEvent, SupervisionKind, TransitionEvent,
 };
 pub use stream::{EVENT_STREAM_CAPACITY, EventStream, StreamEvent};
 

@@ -1053,7 +1053,9 @@ pub(super) async fn shutdown(
 /// Reports what a long shutdown still waits for: workers not yet stopped (in stop order) and
 /// commands in flight.
 fn shutdown_waiting(inner: &Inner, elapsed: Duration, stopping: bool) {
-    let in_flight = inner.in_flight();
+    let mut commands = crate::command::pipeline::in_flight(inner);
+    let in_flight = commands.len();
+    commands.truncate(crate::observe::SHUTDOWN_REPORT_COMMANDS);
     inner.mutate(|st, now| {
         let workers: Vec<Arc<str>> = st
             .workers
@@ -1069,6 +1071,7 @@ fn shutdown_waiting(inner: &Inner, elapsed: Duration, stopping: bool) {
             elapsed,
             workers,
             in_flight,
+            commands,
             phase: if stopping { "stopping" } else { "draining" },
         };
         st.supervision_event(None, kind, now);
