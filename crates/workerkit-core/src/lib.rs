@@ -42,14 +42,21 @@
 //! - **Incarnations**: each start is a new incarnation with its own [`WorkerContext`]; a context
 //!   from an earlier incarnation is stale and cannot touch the new one. Each incarnation ends
 //!   with a typed [`ExitReason`], which [`Runtime::wait_exit`] returns.
-//! - **Lifecycle**: `registered → starting → running → draining → stopping → stopped`, and
-//!   `failed`. Operations are serialised by a lifecycle gate; calls a worker makes on its own
-//!   context are not. See `docs/lifecycle.md`.
+//! - **Lifecycle**: `registered → starting → running → draining → stopping → stopped`,
+//!   `failed`, and `restarting` under a restart policy. Operations are serialised by a lifecycle
+//!   gate; calls a worker makes on its own context are not. See `docs/lifecycle.md`.
 //! - **Readiness** rolls up from workers by a [`ReadinessPolicy`]; [`Runtime::readiness`] and
 //!   [`Runtime::liveness`] are what probes serve.
 //! - **Failures** show a public code and message ([`failure::Failure`]) and keep the error itself
 //!   private. A [`FailurePolicy`] says what a failed worker does to the runtime; a
 //!   [`PanicPolicy`] what a panic does.
+//! - **Supervision** (opt-in, [`supervise`]): a [`RestartPolicy`](supervise::RestartPolicy)
+//!   restarts a worker whose running incarnation failed, after a backoff and within an
+//!   OTP-style intensity; when it gives up, the failure policy applies. A
+//!   [`Watchdog`](supervise::Watchdog) finds a worker that stopped calling
+//!   [`WorkerContext::beat`]. A restarted incarnation learns why from
+//!   [`WorkerContext::restart`]. [`Runtime::remove`] takes a stopped or failed worker out. See
+//!   `docs/supervision.md`.
 //! - **Observers** ([`observe::Observer`]) receive ordered events; adapters turn them into logs,
 //!   traces and metrics.
 //!
