@@ -1266,3 +1266,78 @@ async fn a_shutdown_waiting_for_commands_names_them() {
         assert_eq!(&*commands[0].command, "export");
     }
 }
+
+/// Beats from a previous incarnation's context do not count: they cannot hide a stall of the
+/// current one.
+#[tokio::test(start_paused = true)]
+async fn stale_beats_do_not_hide_a_stall() {
+    let rt = Runtime::builder("rt").build().unwrap();
+    let script = Script::new([Act::Beat, Act::Run]);
+    rt.register(
+        script
+            .spec("w")
+            .restart(constant(10))
+            .watchdog(Watchdog::new(Duration::from_secs(1), StallAction::Report).unwrap()),
+    )
+    .unwrap();
+    rt.start("w").await.unwrap();
+    let old = script.context(0);
+    old.report_failure(std::io::Error::other("crash")).unwrap();
+    until_worker(&rt, "w", |s| {
+        s.restarts == 1 && s.state == LifecycleState::Running
+    })
+    .await;
+    let began = Instant::now();
+    // The old context beats on; the new incarnation never does.
+    while !status(&rt, "w").stalled {
+        old.beat();
+        tokio::time::sleep(100 * MS).await;
+        assert!(
+            began.elapsed() < Duration::from_secs(2),
+            "the stale beats hid the stall"
+        );
+    }
+}
+
+/// A permanent failure reported during a restart's start gives up under `on_failure`, as the
+/// same error returned from the start does.
+#[tokio::test(start_paused = true)]
+async fn a_permanent_failure_reported_during_a_restart_start_gives_up() {
+    let rt = Runtime::builder("rt").build().unwrap();
+    let starts = Arc::new(AtomicUsize::new(0));
+    let contexts: Arc<Mutex<Vec<WorkerContext>>> = Arc::default();
+    let (s2, c2) = (starts.clone(), contexts.clone());
+    rt.register(
+        WorkerSpec::from_factory("w", move || {
+            let starts = s2.clone();
+            let contexts = c2.clone();
+            LoopWorker::new(|ctx: WorkerContext| async move {
+                ctx.stop_requested().await;
+                Ok(())
+            })
+            .on_start(move |ctx: WorkerContext| {
+                let n = starts.fetch_add(1, Ordering::SeqCst);
+                contexts.lock().unwrap().push(ctx.clone());
+                async move {
+                    if n == 1 {
+                        ctx.report_failure(permanent(std::io::Error::other("bad config")))
+                            .unwrap();
+                    }
+                    Ok(())
+                }
+            })
+        })
+        .restart(constant(10)),
+    )
+    .unwrap();
+    rt.start("w").await.unwrap();
+    let first = contexts.lock().unwrap()[0].clone();
+    first
+        .report_failure(std::io::Error::other("crash"))
+        .unwrap();
+    until_worker(&rt, "w", |s| s.gave_up).await;
+    let s = status(&rt, "w");
+    assert_eq!(s.state, LifecycleState::Failed);
+    assert_eq!(s.restarts, 1);
+    assert_eq!(starts.load(Ordering::SeqCst), 2);
+}

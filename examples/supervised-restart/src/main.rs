@@ -117,6 +117,7 @@ impl Observer for EventLog {
                 workers,
                 in_flight,
                 phase,
+                ..
             } => format!(
                 "shutdown still {phase} after {elapsed:.2?}: waiting for {workers:?}, \
                  {in_flight} command(s) in flight"

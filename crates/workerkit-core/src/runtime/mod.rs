@@ -481,6 +481,7 @@ impl Runtime {
                 exit: tokio::sync::Notify::new(),
                 check_task: Mutex::new(None),
                 beats: std::sync::atomic::AtomicU64::new(0),
+                incarnation: std::sync::atomic::AtomicU64::new(0),
                 children: Mutex::default(),
                 removed: std::sync::atomic::AtomicBool::new(false),
             });
@@ -496,6 +497,7 @@ impl Runtime {
                 accepting_set_during_start: false,
                 failure_reported_during_start: false,
                 reported_reason: crate::status::ExitReason::Failed,
+                reported_permanent: false,
                 escalated: false,
                 last_transition: None,
                 last_failure: None,
@@ -675,7 +677,9 @@ impl Runtime {
 
     /// Liveness, for liveness probes: not live only when the runtime's aggregate state is
     /// `failed` (a `fail_runtime` failure, an escalated panic, or every worker failed with none
-    /// active). Reasons name the failed workers and their public codes.
+    /// active), or when a running worker whose watchdog action is
+    /// [`fail_liveness`](crate::supervise::StallAction::FailLiveness) is stalled. A `restarting`
+    /// worker never fails liveness. Reasons name the workers and their public codes.
     #[must_use]
     pub fn liveness(&self) -> Liveness {
         let reasons = self.inner.lock().liveness_reasons();
@@ -862,7 +866,8 @@ impl Runtime {
     }
 
     /// Stops one worker: its stop signal fires, then its `stop` runs under the stop timeout.
-    /// Allowed from `running`, `draining` and `failed`.
+    /// Allowed from `running`, `draining`, `failed` and `restarting` (the pending restart is
+    /// cancelled, and the failed incarnation's `stop` runs).
     ///
     /// # Cancel safety
     ///

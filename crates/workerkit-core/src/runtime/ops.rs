@@ -282,6 +282,10 @@ pub(super) async fn start(
             }
         });
         st.set_ready(idx, false, now);
+        let rec = &st.workers[idx];
+        rec.entry
+            .incarnation
+            .store(rec.incarnation, std::sync::atomic::Ordering::Relaxed);
         if let Some(sup) = st.workers[idx].sup.get().filter(|_| restart.is_some()) {
             let kind = crate::observe::SupervisionKind::Restarted {
                 restarts: sup.restarts,
@@ -356,6 +360,7 @@ pub(super) async fn start(
                         Failure::new(f.code.clone(), f.message.clone())
                     });
                 let reason = rec.reported_reason;
+                let permanent = rec.reported_permanent;
                 let restartable = restart.is_some() && !rec.escalated;
                 let exit = Exit {
                     incarnation,
@@ -367,7 +372,7 @@ pub(super) async fn start(
                     rec.accepting = false;
                     rec.last_exit = Some(exit.clone());
                 });
-                let decision = super::supervise::decide(st, idx, restartable, false);
+                let decision = super::supervise::decide(st, idx, restartable, permanent);
                 st.transition(idx, decision.state(), now);
                 st.set_ready(idx, false, now);
                 let plan = super::supervise::apply(st, idx, &decision, reason, Some(&failure), now);
@@ -567,7 +572,7 @@ fn drain_locked(
         }
         LifecycleState::Restarting => {
             // Its pending restart is cancelled; with no incarnation left to drain it waits,
-            // draining, for a stop (which stops the failed incarnation) or a start.
+            // draining, for a stop (which stops the failed incarnation).
             super::supervise::cancel(st, idx, now);
             st.transition_with(idx, LifecycleState::Draining, now, |rec| {
                 rec.accepting = false;
@@ -1218,6 +1223,7 @@ fn fail_with(
                         rec.accepting_set_during_start = false;
                         rec.failure_reported_during_start = true;
                         rec.reported_reason = reason;
+                        rec.reported_permanent = permanent;
                         rec.escalated |= escalate;
                     });
                     st.set_ready(idx, false, now);

@@ -169,8 +169,10 @@ pub(crate) struct WorkerEntry {
     pub(crate) check_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Commands and their dispatch state.
     pub(crate) commands: crate::command::WorkerCommands,
-    /// Heartbeats (`WorkerContext::beat`), read by the watchdog.
+    /// Heartbeats (`WorkerContext::beat`) of the current incarnation, read by the watchdog.
     pub(crate) beats: std::sync::atomic::AtomicU64,
+    /// The current incarnation, for `beat` (a stale context's beats do not count).
+    pub(crate) incarnation: std::sync::atomic::AtomicU64,
     /// Child tasks of the latest incarnation (allocated at the first `WorkerContext::spawn`).
     pub(crate) children: std::sync::Mutex<Option<Box<Children>>>,
     /// Set when the worker is removed: lookups skip it.
@@ -207,6 +209,8 @@ pub(crate) struct WorkerRecord {
     pub(crate) failure_reported_during_start: bool,
     /// How a failure reported during start ends the incarnation.
     pub(crate) reported_reason: crate::status::ExitReason,
+    /// Whether the failure reported during start was marked permanent.
+    pub(crate) reported_permanent: bool,
     /// A panic with no caller under `PanicPolicy::Propagate`: counts as `fail_runtime`.
     pub(crate) escalated: bool,
     pub(crate) last_transition: Option<Transition>,

@@ -122,11 +122,15 @@ impl WorkerContext {
     /// A heartbeat for the worker's [`Watchdog`](crate::supervise::Watchdog): one relaxed
     /// counter increment (no clock read, no wake-up). Call it from the worker's loop at least
     /// once per watchdog timeout. Without a watchdog it does nothing useful and costs as little.
+    ///
+    /// Only the current incarnation's beats count: a stale context (a previous incarnation's
+    /// loop that outlived its stop) cannot hide a stall of the new one.
     #[inline]
     pub fn beat(&self) {
-        self.entry
-            .beats
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.entry.incarnation.load(Relaxed) == self.incarnation {
+            self.entry.beats.fetch_add(1, Relaxed);
+        }
     }
 
     /// This incarnation's number: 1 for the first start, then 2, 3, ...
