@@ -1341,3 +1341,40 @@ async fn a_permanent_failure_reported_during_a_restart_start_gives_up() {
     assert_eq!(s.restarts, 1);
     assert_eq!(starts.load(Ordering::SeqCst), 2);
 }
+
+/// Pitfall #13: no busy loops, no fixed-period polling. Counted as the scheduler's park count
+/// over 10 s of paused time (the current-thread scheduler parks about three times per timer
+/// wake-up here): an idle runtime wakes once (the test's own sleep), and a watchdog with a 1 s
+/// timeout about twice per timeout, stalled or not; a 100 ms poller would be fifty times that.
+#[tokio::test(start_paused = true)]
+async fn pitfall_13_idle_workers_cause_no_wakeups_and_the_watchdog_two_per_timeout() {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let parks = || metrics.worker_park_count(0);
+
+    let rt = Runtime::builder("rt").build().unwrap();
+    rt.register(Script::new([]).spec("idle")).unwrap();
+    rt.start_all().await.unwrap();
+    tokio::task::yield_now().await;
+    let before = parks();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle = parks() - before;
+    assert!(idle <= 4, "an idle runtime parked {idle} times in 10 s");
+
+    rt.register(
+        Script::new([])
+            .spec("watched")
+            .watchdog(Watchdog::new(Duration::from_secs(1), StallAction::Report).unwrap()),
+    )
+    .unwrap();
+    rt.start("watched").await.unwrap();
+    tokio::task::yield_now().await;
+    let before = parks();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let watched = parks() - before;
+    assert!(status(&rt, "watched").stalled);
+    // 20 watchdog ticks and the sleep: about 63 parks; three ticks per timeout would be 94.
+    assert!(
+        (30..=80).contains(&watched),
+        "with a watchdog the runtime parked {watched} times in 10 s (expected about 63)"
+    );
+}

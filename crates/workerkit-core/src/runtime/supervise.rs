@@ -214,25 +214,31 @@ async fn supervise(inner: Arc<Inner>, plan: Plan) {
         return;
     };
     ops::reap(&inner, plan.idx, plan.incarnation, &mut timer).await;
-    let _permit = if plan.due > Instant::now() {
-        // Wait out the backoff with the gate released.
+    let (inner, _permit) = if plan.due > Instant::now() {
+        // Wait out the backoff with the gate released, holding the runtime only weakly: a
+        // runtime dropped meanwhile (without a shutdown) is not kept alive to restart a worker.
         drop(permit);
+        let weak = Arc::downgrade(&inner);
+        drop(inner);
         tokio::select! {
             biased;
             () = plan.cancel.cancelled() => return,
             () = tokio::time::sleep_until(plan.due) => {}
         }
+        let Some(inner) = weak.upgrade() else {
+            return;
+        };
         let Some(permit) = gate(&inner, &plan).await else {
             return;
         };
-        permit
+        (inner, permit)
     } else {
         // No backoff left (a zero delay): start at once, in the same hold of the gate (a timer
         // would round up to the next millisecond).
         if !pending(&inner, &plan) {
             return;
         }
-        permit
+        (inner, permit)
     };
     // The outcome is in the worker's status and events; a failed start schedules the next
     // restart itself (or gives up). A panic has no caller to resume on: under `Propagate` it
