@@ -271,6 +271,10 @@ impl StallAction {
     }
 }
 
+/// The shortest watchdog timeout: the watchdog wakes every half timeout, and tokio's timers
+/// have a resolution of one millisecond.
+pub const MIN_WATCHDOG_TIMEOUT: Duration = Duration::from_millis(2);
+
 /// A heartbeat watchdog: the worker calls [`WorkerContext::beat`](crate::WorkerContext::beat)
 /// at least once per `timeout`; a worker with no beat for `timeout` is stalled, found within
 /// 1.5 × `timeout`.
@@ -289,10 +293,15 @@ impl Watchdog {
     ///
     /// # Errors
     ///
-    /// [`SupervisionError::ZeroWatchdogTimeout`]: a zero timeout would mean "always stalled".
+    /// [`SupervisionError::ZeroWatchdogTimeout`]: a zero timeout would mean "always stalled";
+    /// [`SupervisionError::WatchdogTimeoutTooShort`] below [`MIN_WATCHDOG_TIMEOUT`] (tokio's
+    /// timers have a resolution of one millisecond).
     pub const fn new(timeout: Duration, action: StallAction) -> Result<Self, SupervisionError> {
         if timeout.is_zero() {
             return Err(SupervisionError::ZeroWatchdogTimeout);
+        }
+        if timeout.as_nanos() < MIN_WATCHDOG_TIMEOUT.as_nanos() {
+            return Err(SupervisionError::WatchdogTimeoutTooShort);
         }
         Ok(Self { timeout, action })
     }
@@ -323,6 +332,9 @@ pub enum SupervisionError {
     /// A watchdog timeout of zero.
     #[error("watchdog timeout must not be zero")]
     ZeroWatchdogTimeout,
+    /// A watchdog timeout below [`MIN_WATCHDOG_TIMEOUT`].
+    #[error("watchdog timeout must be at least 2 ms (tokio's timer resolution is 1 ms)")]
+    WatchdogTimeoutTooShort,
     /// `StallAction::Restart` on a worker whose restart policy is `never`.
     #[error("watchdog action restart needs a restart policy other than never")]
     RestartActionWithoutPolicy,

@@ -1006,9 +1006,14 @@ impl Runtime {
         self.check_callable(Operation::Shutdown, Some(usize::MAX))?;
         // Readiness goes false and registration closes now, before waiting for the gate (a slow
         // start may hold it): the shutdown has been asked for.
-        self.inner.mutate(|st, _| {
+        self.inner.mutate(|st, now| {
             st.shutting_down = true;
             st.admission_closed = true;
+            // Pending restarts are cancelled at once: no incarnation starts once a shutdown was
+            // asked for (the workers stay `restarting` until the shutdown drains them).
+            for idx in 0..st.workers.len() {
+                supervise::cancel(st, idx, now);
+            }
         });
         self.gated(
             Operation::Shutdown,

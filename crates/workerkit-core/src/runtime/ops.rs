@@ -242,6 +242,7 @@ pub(super) async fn start(
             Some(generation) => {
                 rec.lifecycle == LifecycleState::Restarting
                     && rec.sup.pending_generation() == Some(generation)
+                    && !st.shutting_down
             }
         };
         if !startable {
@@ -537,6 +538,11 @@ pub(super) async fn reap(inner: &Arc<Inner>, idx: usize, incarnation: u64, timer
     };
     shut_down_children(&entry, incarnation).await;
     if matches!(outcome, Outcome::Ok) {
+        inner.mutate(|st, _| {
+            if st.workers[idx].incarnation == incarnation {
+                st.workers[idx].sup.make().reaped = incarnation;
+            }
+        });
         return;
     }
     let (failure, cause, _, panic) = classify(
@@ -610,14 +616,18 @@ pub(super) async fn stop(
         st.set_ready(idx, false, now);
         let rec = &st.workers[idx];
         rec.token.cancel();
+        // The supervisor already stopped this (failed) incarnation before its restart was
+        // cancelled: its `stop` is not called twice.
+        let reaped = rec.sup.get().is_some_and(|s| s.reaped == rec.incarnation);
         Ok((
             Arc::clone(&rec.entry),
             rec.incarnation,
             rec.token.clone(),
             rec.config.clone(),
+            reaped,
         ))
     });
-    let (entry, incarnation, token, config) = match begin {
+    let (entry, incarnation, token, config, reaped) = match begin {
         Ok(begin) => begin,
         Err(err) => return (Err(err), None),
     };
@@ -661,8 +671,8 @@ pub(super) async fn stop(
     let outcome = {
         let mut slot = entry.slot.lock().await;
         let outcome = match slot.as_mut() {
-            Some(worker) => guarded(deadline, timer, worker.stop_dyn(ctx)).await,
-            None => Outcome::Ok,
+            Some(worker) if !reaped => guarded(deadline, timer, worker.stop_dyn(ctx)).await,
+            _ => Outcome::Ok,
         };
         if matches!(outcome, Outcome::Ok) && entry.factory.is_some() {
             // A factory worker's instance is done once it stopped; the next start makes anew.
@@ -1428,6 +1438,7 @@ pub(crate) fn command_failure(inner: &Inner, idx: usize, incarnation: u64, faile
             st.modify(idx, |rec| {
                 rec.last_failure = Some(FailureRecord::new(&failure, now));
                 rec.accepting = false;
+                rec.sup.set_stalled(false);
             });
             st.set_ready(idx, false, now);
         }

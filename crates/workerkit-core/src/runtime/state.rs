@@ -134,6 +134,9 @@ pub(crate) struct Supervision {
     pub(crate) stalled: bool,
     /// What the next incarnation is told about its restart.
     pub(crate) info: Option<crate::supervise::SharedRestartInfo>,
+    /// The failed incarnation whose `stop` the supervisor ran (a later stop does not run it
+    /// again).
+    pub(crate) reaped: u64,
 }
 
 impl Supervision {
@@ -486,7 +489,7 @@ impl State {
     pub(crate) fn last_failure_code(&self, worker: &str) -> Option<String> {
         self.workers
             .iter()
-            .find(|rec| &*rec.entry.qualified == worker)
+            .find(|rec| !rec.removed && &*rec.entry.qualified == worker)
             .and_then(|rec| rec.last_failure.as_ref())
             .map(|f| f.code.clone())
     }

@@ -195,6 +195,8 @@ fn pending(inner: &Inner, plan: &Plan) -> bool {
     let rec = &st.workers[plan.idx];
     rec.lifecycle == LifecycleState::Restarting
         && rec.sup.pending_generation() == Some(plan.generation)
+        && !st.shutting_down
+        && !st.shut_down
 }
 
 /// Wins the lifecycle gate, unless the restart is cancelled first.
@@ -263,7 +265,7 @@ pub(crate) fn watch(
     let tracker = inner.tracker.clone();
     drop(inner);
     crate::task::spawn(&tracker, async move {
-        let half = watchdog.timeout() / 2;
+        let half = (watchdog.timeout() / 2).max(Duration::from_micros(500));
         let mut last = entry.beats.load(std::sync::atomic::Ordering::Relaxed);
         let mut quiet = 0_u32;
         let mut stalled = false;
