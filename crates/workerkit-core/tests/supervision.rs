@@ -1378,3 +1378,58 @@ async fn pitfall_13_idle_workers_cause_no_wakeups_and_the_watchdog_two_per_timeo
         "with a watchdog the runtime parked {watched} times in 10 s (expected about 63)"
     );
 }
+
+/// At most one live incarnation also for a requested start: a factory worker that failed (and
+/// was not stopped) has its old incarnation stopped — its loop joined — before the new one
+/// starts, even when the old loop takes a while to wind down.
+#[tokio::test(start_paused = true)]
+async fn a_requested_start_after_a_failure_waits_for_the_old_loop() {
+    let rt = Runtime::builder("rt").build().unwrap();
+    let live = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let contexts: Arc<Mutex<Vec<WorkerContext>>> = Arc::default();
+    let (l, m, c) = (live.clone(), most.clone(), contexts.clone());
+    rt.register(WorkerSpec::from_factory("w", move || {
+        let (l, m, c) = (l.clone(), m.clone(), c.clone());
+        LoopWorker::new(move |ctx: WorkerContext| {
+            let (l, m, c) = (l.clone(), m.clone(), c.clone());
+            async move {
+                let now = l.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                c.lock().unwrap().push(ctx.clone());
+                ctx.stop_requested().await;
+                // Winds down slowly after the stop signal.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                l.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+    }))
+    .unwrap();
+    rt.start("w").await.unwrap();
+    within(async {
+        while contexts.lock().unwrap().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let first = contexts.lock().unwrap()[0].clone();
+    first
+        .report_failure(std::io::Error::other("crash"))
+        .unwrap();
+    assert_eq!(status(&rt, "w").state, LifecycleState::Failed);
+    // The old loop is still winding down; the requested start waits for it.
+    rt.start("w").await.unwrap();
+    within(async {
+        while live.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "two incarnations were live at once"
+    );
+    assert_eq!(status(&rt, "w").incarnation, 2);
+}

@@ -19,7 +19,7 @@ use crate::lifecycle::LifecycleState;
 use crate::observe::{Cause, Operation, OperationPhase};
 use crate::policy::PanicPolicy;
 use crate::status::{Exit, ExitReason, FailureRecord, WorkerStatus};
-use crate::task::CatchUnwind;
+use crate::task::{CatchUnwind, Signal};
 use crate::time::Timestamp;
 use crate::worker::{WorkerContext, check};
 
@@ -323,6 +323,24 @@ pub(super) async fn start(
     let outcome = {
         let mut slot = entry.slot.lock().await;
         let mut made = Outcome::Ok;
+        if let (Some(_), Some(previous)) = (&entry.factory, slot.as_mut()) {
+            // The previous incarnation failed and was never stopped (a stop, or a restart's
+            // supervisor, drops the instance): stop it first, so that its tasks (a loop) have
+            // ended before the new instance starts: at most one live incarnation. Its outcome
+            // is the old incarnation's business; the start goes on either way.
+            let stopped = Signal::new();
+            stopped.cancel();
+            let stop_deadline = config.stop_timeout.map(|t| Instant::now() + t);
+            let old = WorkerContext::new(
+                Arc::downgrade(inner),
+                idx,
+                &entry,
+                incarnation - 1,
+                stopped,
+                stop_deadline,
+            );
+            let _ = guarded(stop_deadline, timer, previous.stop_dyn(old)).await;
+        }
         if let Some(factory) = &entry.factory {
             // The factory, and dropping the previous instance, are worker code: catch panics.
             let replaced = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
