@@ -116,17 +116,7 @@ fn main() {
     let measured = measure(&bench, &plan);
     bench.shutdown();
     print!("{}", measured.table());
-    if let Some(share) = cpu_before.and_then(|before| before.foreign_share()) {
-        println!(
-            "other processes used {:.0}% of the machine's CPU while this bench ran{}",
-            share * 100.0,
-            if share > 0.1 {
-                ": the times above are not reliable, run again on a quiet machine"
-            } else {
-                ""
-            }
-        );
-    }
+    common::print_load_note(cpu_before);
     let path = common::write_report("dispatch.json", &measured.scenarios());
     println!("wrote {}", path.display());
 }

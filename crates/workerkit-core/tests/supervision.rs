@@ -192,7 +192,7 @@ async fn pitfall_02_a_panicking_worker_restarts_after_the_initial_backoff() {
     rt.start("w").await.unwrap();
 
     let crashed = Instant::now();
-    // The first incarnation's handler: panic through a command-free path (the loop itself).
+    // First a reported failure of the running incarnation...
     script
         .context(0)
         .report_failure(std::io::Error::other("placeholder"))
@@ -215,7 +215,7 @@ async fn pitfall_02_a_panicking_worker_restarts_after_the_initial_backoff() {
         crashed.elapsed()
     );
 
-    // Now a real panic in the loop of the second incarnation.
+    // ...then a real panic in the loop of another worker.
     let script2 = Script::new([Act::Panic]);
     rt.register(script2.spec("p").restart(constant(100)))
         .unwrap();

@@ -394,17 +394,7 @@ fn main() {
         format!("<={TARGET_RATIO}"),
         if scenario.pass { "yes" } else { "NO" }
     );
-    if let Some(share) = cpu_before.and_then(|before| before.foreign_share()) {
-        println!(
-            "other processes used {:.0}% of the machine's CPU while this bench ran{}",
-            share * 100.0,
-            if share > 0.1 {
-                ": the times above are not reliable, run again on a quiet machine"
-            } else {
-                ""
-            }
-        );
-    }
+    common::print_load_note(cpu_before);
     let path = common::write_report("otel_overhead.json", &[scenario]);
     println!("wrote {}", path.display());
 }

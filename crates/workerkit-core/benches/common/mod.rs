@@ -79,6 +79,22 @@ pub(crate) struct Target {
     pub(crate) value: f64,
 }
 
+/// Prints how much of the machine other processes used since `before`, with a warning when it
+/// makes the timings unreliable.
+pub(crate) fn print_load_note(before: Option<CpuTicks>) {
+    if let Some(share) = before.and_then(CpuTicks::foreign_share) {
+        println!(
+            "other processes used {:.0}% of the machine's CPU while this bench ran{}",
+            share * 100.0,
+            if share > 0.1 {
+                ": the times above are not reliable, run again on a quiet machine"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 pub(crate) fn round(value: f64, decimals: i32) -> f64 {
     let scale = 10f64.powi(decimals);
     (value * scale).round() / scale

@@ -1314,19 +1314,7 @@ pub(super) fn stalled(
     watchdog: crate::supervise::Watchdog,
 ) {
     use crate::supervise::StallAction;
-    let live = {
-        let st = inner.lock();
-        let rec = &st.workers[idx];
-        rec.incarnation == incarnation
-            && matches!(
-                rec.lifecycle,
-                LifecycleState::Running | LifecycleState::Draining
-            )
-    };
-    if !live {
-        return;
-    }
-    inner.mutate(|st, now| {
+    let (live, _) = inner.mutate(|st, now| {
         let rec = &st.workers[idx];
         if rec.incarnation != incarnation
             || !matches!(
@@ -1334,7 +1322,7 @@ pub(super) fn stalled(
                 LifecycleState::Running | LifecycleState::Draining
             )
         {
-            return;
+            return false;
         }
         st.modify(idx, |rec| rec.sup.set_stalled(true));
         st.supervision_event(
@@ -1345,7 +1333,11 @@ pub(super) fn stalled(
             },
             now,
         );
+        true
     });
+    if !live {
+        return;
+    }
     let restartable = match watchdog.action() {
         StallAction::Cancel => false,
         StallAction::Restart => true,
