@@ -15,8 +15,8 @@
 //! `$WORKERKIT_BENCH_REPORT_DIR/lifecycle.json` (default `<workspace>/target/bench-report`).
 //!
 //! `WORKERKIT_BENCH_QUICK=1` shortens everything. Without `--bench` (as `cargo test --benches`
-//! runs it), or with criterion's `--test` or `--list`, no report is written; without `--bench`
-//! every scenario runs once at a small N as a smoke test.
+//! runs it), or with criterion's `--test`, `--list` or `--profile-time`, no report is written;
+//! without `--bench` every scenario runs once at a small N as a smoke test.
 
 mod common;
 
@@ -79,7 +79,7 @@ fn main() {
     .configure_from_args();
     criterion_benches(&mut criterion, &rt);
     criterion.final_summary();
-    if flag("--test") || flag("--list") {
+    if flag("--test") || flag("--list") || flag("--profile-time") {
         return;
     }
 

@@ -23,8 +23,8 @@ use workerkit_core::failure::{self, BoxError, PanicError};
 use workerkit_core::observe::FailureEvent;
 use workerkit_core::test_util::{FakeWorker, Recorded, RecordingObserver};
 use workerkit_core::{
-    ExitReason, LifecycleError, LifecycleState, LoopWorker, PanicPolicy, Runtime, WorkerContext,
-    WorkerSpec,
+    ExitReason, LifecycleError, LifecycleState, LoopWorker, PanicPolicy, Runtime, Worker,
+    WorkerContext, WorkerSpec,
 };
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -1565,4 +1565,120 @@ async fn start_all_loop_failing_at_once_fails_its_worker_after_the_start() {
     loops.launched.reached(1).await;
     within(rt.stop("quits")).await.unwrap();
     within(rt.shutdown()).await.unwrap();
+}
+
+// ---- a stop and its loop ----------------------------------------------------------------------
+
+/// A worker built on a loop worker whose stop first waits for a word its loop sends once told
+/// to stop, and only then joins the loop.
+struct Handshake {
+    inner: LoopWorker,
+    word: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Handshake {
+    fn new() -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let tx = Arc::new(Mutex::new(Some(tx)));
+        let inner = LoopWorker::new(move |ctx| {
+            let tx = Arc::clone(&tx);
+            async move {
+                ctx.stop_requested().await;
+                // The loop's own task has to run for this: the stop below is not joining it yet.
+                tokio::task::yield_now().await;
+                if let Some(tx) = tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                Ok(())
+            }
+        });
+        Self {
+            inner,
+            word: Some(rx),
+        }
+    }
+}
+
+impl Worker for Handshake {
+    async fn start(&mut self, ctx: WorkerContext) -> Result<(), BoxError> {
+        self.inner.start(ctx).await
+    }
+
+    async fn stop(&mut self, ctx: WorkerContext) -> Result<(), BoxError> {
+        if let Some(word) = self.word.take() {
+            word.await?;
+        }
+        self.inner.stop(ctx).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_that_waits_for_its_loop_before_joining_it_lets_the_loop_run() {
+    let rt = runtime(&RecordingObserver::new());
+    let loops = Loops::new();
+    rt.register(WorkerSpec::new("first", scripted_loop(&loops, End::OnStop)))
+        .unwrap();
+    rt.register(
+        WorkerSpec::new("handshake", Handshake::new()).stop_timeout(Duration::from_secs(1)),
+    )
+    .unwrap();
+    rt.start_all().await.unwrap();
+    loops.launched.reached(1).await;
+    let began = Instant::now();
+    // The loop must run in its own task while its worker's stop waits: otherwise the stop would
+    // wait for the word until the stop timeout and fail.
+    let report = within(rt.shutdown()).await.unwrap();
+    assert_eq!(began.elapsed(), Duration::ZERO);
+    assert_eq!(report.stopped, ["rt/handshake", "rt/first"]);
+    assert_eq!(report.lingering_tasks, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_loop_that_keeps_working_after_its_stop_signal_finishes_in_its_own_task() {
+    let rt = runtime(&RecordingObserver::new());
+    let latch = Latch::new();
+    let loops = Loops::new();
+    rt.register(WorkerSpec::new(
+        "w",
+        scripted_loop(&loops, End::IgnoreStopUntil(latch.clone())),
+    ))
+    .unwrap();
+    rt.start("w").await.unwrap();
+    loops.launched.reached(1).await;
+    let stop = spawn({
+        let rt = rt.clone();
+        async move { rt.stop("w").await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!stop.is_finished(), "the stop did not wait for the loop");
+    assert_eq!(state(&rt, "w"), LifecycleState::Stopping);
+    // Opened from here: the loop goes on in its own task and ends; the stop then returns.
+    latch.open();
+    let status = within(stop).await.unwrap().unwrap();
+    assert_eq!(status.state, LifecycleState::Stopped);
+    assert_eq!(loops.exited.get(), 1);
+}
+
+#[test]
+fn dropping_the_tokio_runtime_drops_a_waiting_loop() {
+    let tokio_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let loops = Loops::new();
+    let rt = tokio_rt.block_on(async {
+        let rt = runtime(&RecordingObserver::new());
+        rt.register(WorkerSpec::new("w", scripted_loop(&loops, End::OnStop)))
+            .unwrap();
+        rt.start("w").await.unwrap();
+        // The loop's task has polled it: it waits for its stop signal.
+        loops.launched.reached(1).await;
+        tokio::task::yield_now().await;
+        rt
+    });
+    assert_eq!(loops.exited.get(), 0);
+    // The loop's future goes with its task: nothing else may keep it alive.
+    drop(tokio_rt);
+    assert_eq!(loops.exited.get(), 1, "the loop's future leaked");
+    drop(rt);
 }
