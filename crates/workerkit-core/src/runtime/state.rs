@@ -301,7 +301,7 @@ impl WorkerRecord {
     }
 }
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 struct Facts {
     /// Not removed (a removed worker counts nowhere).
     present: bool,
@@ -465,8 +465,10 @@ impl State {
         let result = f(&mut self.workers[idx]);
         let rec = &self.workers[idx];
         let after = rec.facts();
-        self.aggregate.apply(before, -1);
-        self.aggregate.apply(after, 1);
+        if before != after {
+            self.aggregate.apply(before, -1);
+            self.aggregate.apply(after, 1);
+        }
         // Mirror what command admission needs into the worker's dispatch state (lock order:
         // state lock, then dispatch mutex), when it changed.
         // A worker without commands admits none, so it needs no mirror.
