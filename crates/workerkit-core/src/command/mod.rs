@@ -15,6 +15,7 @@ mod id;
 pub(crate) mod pipeline;
 mod table;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -46,8 +47,8 @@ pub type Metadata = BTreeMap<String, String>;
 #[must_use]
 pub struct CommandRequest {
     id: Option<DispatchId>,
-    worker: String,
-    name: String,
+    worker: Cow<'static, str>,
+    name: Cow<'static, str>,
     payload: Option<Value>,
     metadata: Metadata,
     requested_at: Option<Timestamp>,
@@ -55,7 +56,10 @@ pub struct CommandRequest {
 
 impl CommandRequest {
     /// A request for command `name` of `worker` (local or qualified name), with no payload.
-    pub fn new(worker: impl Into<String>, name: impl Into<String>) -> Self {
+    ///
+    /// Both names take a `&'static str` (kept as is, without allocating: the usual case of
+    /// names written in the code) or an owned `String` (e.g. names read from a request body).
+    pub fn new(worker: impl Into<Cow<'static, str>>, name: impl Into<Cow<'static, str>>) -> Self {
         Self {
             id: None,
             worker: worker.into(),
