@@ -101,7 +101,16 @@ pub(crate) async fn dispatch(
         end: &end,
         attempts: 0,
     };
-    let shared = admission.shared;
+    // The pipeline's own reference is handed to the first attempt's context, not cloned: a
+    // clone and its drop are two atomic writes per dispatch. The rare paths that need the
+    // shared state after that (a failed attempt, a retry) take a reference from the in-flight
+    // slot, which holds one until the slot is released.
+    let mut shared = Some(admission.shared);
+    let slot = SlotRef {
+        commands: &entry.commands,
+        shard,
+        slot: guard.slot,
+    };
     let incarnation = admission.incarnation;
 
     let mut rng: Option<JitterRng> = None;
@@ -126,12 +135,12 @@ pub(crate) async fn dispatch(
             (a, b) => a.or(b),
         };
         let ctx = CommandContext {
-            shared: Arc::clone(&shared),
+            shared: shared.take().unwrap_or_else(|| slot.shared()),
             attempt,
             deadline,
         };
         let observations = guard.observations.as_ref();
-        let outcome = run_attempt(command, ctx, &shared, observations, &inner.observers).await;
+        let outcome = run_attempt(command, ctx, slot, observations, &inner.observers).await;
         let failed = match outcome {
             Ok(response) => break Ok(response),
             Err(failed) => failed,
@@ -173,6 +182,7 @@ pub(crate) async fn dispatch(
             }
             Attempt::Panicked(_) | Attempt::Cancelled(..) => None,
         };
+        let shared = &*shared.get_or_insert_with(|| slot.shared());
         let delay = retry_error.and_then(|err| {
             if shared.cancel_reason().is_some() {
                 return None;
@@ -186,7 +196,7 @@ pub(crate) async fn dispatch(
             None => break Err((failed, failure, cause)),
             Some(delay) => {
                 // Boxed: the sleep would otherwise make every dispatch's future larger.
-                if let Some(reason) = Box::pin(backoff(delay, &shared)).await {
+                if let Some(reason) = Box::pin(backoff(delay, shared)).await {
                     break Err((Attempt::Cancelled(reason, None), Failure::canceled(), None));
                 }
             }
@@ -518,6 +528,24 @@ struct Admission {
     incarnation: u64,
 }
 
+/// Where an admitted dispatch is registered in flight: its shared state can be taken from
+/// there (under the shard's lock) until the slot is released.
+#[derive(Clone, Copy)]
+struct SlotRef<'a> {
+    commands: &'a super::WorkerCommands,
+    shard: usize,
+    slot: usize,
+}
+
+impl SlotRef<'_> {
+    /// A reference to the dispatch's shared state.
+    fn shared(self) -> Arc<DispatchShared> {
+        self.commands
+            .slot_shared(self.shard, self.slot)
+            .expect("a dispatch is in flight until its slot is released")
+    }
+}
+
 /// Decrements the waiting count of a worker if the caller stops waiting.
 struct Waiting<'a> {
     entry: &'a WorkerEntry,
@@ -793,21 +821,26 @@ fn record_failure(
 async fn run_attempt(
     command: &CommandEntry,
     ctx: CommandContext,
-    shared: &DispatchShared,
+    slot: SlotRef<'_>,
     observations: Option<&CommandObservations>,
     observers: &Observers,
 ) -> Result<CommandResponse, Attempt> {
     let deadline = ctx.deadline;
+    // Only the hard mode watches the cancellation while the handler runs.
+    let watched = match command.timeout_mode {
+        TimeoutMode::Cooperative => None,
+        TimeoutMode::Hard { grace } => Some((Arc::clone(&ctx.shared), grace)),
+    };
     let mut scoped = Scoped {
         future: command.handler.call_dyn(ctx),
         observations,
         observers,
     };
-    let result = match command.timeout_mode {
-        TimeoutMode::Cooperative => (&mut scoped).await,
+    let result = match watched {
+        None => (&mut scoped).await,
         // Boxed: its timers would otherwise make every dispatch's future larger.
-        TimeoutMode::Hard { grace } => {
-            match Box::pin(hard_timeout(&mut scoped, deadline, shared, grace)).await {
+        Some((shared, grace)) => {
+            match Box::pin(hard_timeout(&mut scoped, deadline, &shared, grace)).await {
                 Some(result) => result,
                 None => {
                     return Err(match shared.cancel_reason() {
@@ -823,7 +856,7 @@ async fn run_attempt(
         Ok(Ok(response)) => Ok(response),
         Ok(Err(err)) => {
             let err: Cause = Arc::from(err);
-            Err(if let Some(reason) = shared.cancel_reason() {
+            Err(if let Some(reason) = slot.shared().cancel_reason() {
                 Attempt::Cancelled(reason, Some(err))
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 Attempt::TimedOut(Some(err))

@@ -437,10 +437,18 @@ impl WorkerCommands {
         }
     }
 
+    /// The shared state of the dispatch in slot `position` of shard `index`, if it is there.
+    pub(crate) fn slot_shared(&self, index: usize, position: usize) -> Option<Arc<DispatchShared>> {
+        let st = self.shards[index].lock();
+        let slot = st.slots.get(position)?.as_ref()?;
+        Some(Arc::clone(&slot.shared))
+    }
+
     /// Releases a dispatch's slot in shard `index`, and wakes whoever waits for capacity or
     /// idleness.
     pub(crate) fn release(&self, index: usize, position: usize) {
-        {
+        // Dropped after the lock: it may be the last reference to the dispatch's shared state.
+        let slot = {
             let mut st = self.shards[index].lock();
             let Some(slot) = st.slots.get_mut(position).and_then(Option::take) else {
                 return;
@@ -457,7 +465,9 @@ impl WorkerCommands {
             }
             st.total -= 1;
             st.free.push(position);
-        }
+            slot
+        };
+        drop(slot);
         if self.waiting.load(Ordering::SeqCst) > 0 || self.idle_waiters.load(Ordering::SeqCst) > 0 {
             self.released.notify_waiters();
         }
