@@ -320,7 +320,14 @@ fn begin(
     mut request: CommandRequest,
     began: Instant,
 ) -> Result<Begun<'_>, DispatchError> {
-    let started_at = Timestamp::now();
+    // One clock read per dispatch without observers: the wall-clock time (the request's stamp,
+    // the id's millisecond) is derived from the monotonic one. Observers get a reading of their
+    // own, which their end event's reading (`ended_at`) can never precede.
+    let started_at = if inner.observers.is_empty() {
+        Timestamp::at_instant(began.into_std())
+    } else {
+        Timestamp::now()
+    };
     request.stamp(started_at);
 
     // Resolve. Names are validated only on a miss: a hit is valid by construction. Nothing is
