@@ -50,7 +50,9 @@ pub struct CommandRequest {
     worker: Cow<'static, str>,
     name: Cow<'static, str>,
     payload: Option<Value>,
-    metadata: Metadata,
+    /// Boxed, and absent until the first entry: most requests have none, and an empty map still
+    /// costs its size in every move of the request and a walk when it is dropped.
+    metadata: Option<Box<Metadata>>,
     requested_at: Option<Timestamp>,
 }
 
@@ -65,7 +67,7 @@ impl CommandRequest {
             worker: worker.into(),
             name: name.into(),
             payload: None,
-            metadata: Metadata::new(),
+            metadata: None,
             requested_at: None,
         }
     }
@@ -94,7 +96,9 @@ impl CommandRequest {
 
     /// Adds one metadata entry.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata.insert(key.into(), value.into());
+        self.metadata
+            .get_or_insert_default()
+            .insert(key.into(), value.into());
         self
     }
 
@@ -140,13 +144,14 @@ impl CommandRequest {
     /// All metadata.
     #[must_use]
     pub fn all_metadata(&self) -> &Metadata {
-        &self.metadata
+        static EMPTY: Metadata = Metadata::new();
+        self.metadata.as_deref().unwrap_or(&EMPTY)
     }
 
     /// One metadata value.
     #[must_use]
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
-        self.metadata.get(key).map(String::as_str)
+        self.all_metadata().get(key).map(String::as_str)
     }
 
     /// When the request was made (set at dispatch if the caller did not).
