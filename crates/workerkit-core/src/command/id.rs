@@ -14,8 +14,17 @@ use crate::retry::JitterRng;
 /// within one millisecond are in no particular order).
 ///
 /// Displayed in the hyphenated form, e.g. `019a6f0e-7c1d-7b3a-9f2e-4c5d6e7f8a9b`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DispatchId(u128);
+///
+/// Stored as two 64-bit halves (high, low), which order as the 128-bit value does: a `u128`
+/// would align every request, dispatch state and future that holds an id to 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DispatchId(u64, u64);
+
+impl fmt::Debug for DispatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DispatchId").field(&self.as_u128()).finish()
+    }
+}
 
 thread_local! {
     static RNG: RefCell<JitterRng> = RefCell::new(JitterRng::from_entropy());
@@ -46,13 +55,17 @@ impl DispatchId {
             | (u128::from(rand_a) << 64)
             | (0b10_u128 << 62)
             | u128::from(rand_b);
-        Self(value)
+        Self::from_u128(value)
+    }
+
+    const fn from_u128(value: u128) -> Self {
+        Self((value >> 64) as u64, value as u64)
     }
 
     /// The 128-bit value.
     #[must_use]
     pub const fn as_u128(self) -> u128 {
-        self.0
+        ((self.0 as u128) << 64) | self.1 as u128
     }
 }
 
@@ -68,7 +81,7 @@ impl fmt::Display for DispatchId {
         // (JSON answers, request ids), where `write!` with five padded integers is slow.
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [b'-'; 36];
-        let mut value = self.0;
+        let mut value = self.as_u128();
         for position in (0..36).rev() {
             if matches!(position, 8 | 13 | 18 | 23) {
                 continue;
@@ -99,7 +112,7 @@ impl FromStr for DispatchId {
             return Err(ParseDispatchIdError);
         }
         u128::from_str_radix(&hex, 16)
-            .map(Self)
+            .map(Self::from_u128)
             .map_err(|_| ParseDispatchIdError)
     }
 }
