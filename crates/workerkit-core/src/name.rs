@@ -264,6 +264,29 @@ pub fn validate_command_name(name: &str) -> Result<(), NameError> {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct NameHasher(u64);
 
+/// Whether two names are equal, compared a word at a time in place: names are short, and the
+/// call to `memcmp` that comparing two `str`s makes costs more than the comparison (dispatch
+/// compares the requested worker and command names with the registered ones).
+#[inline]
+pub(crate) fn same_name(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut words_a, mut words_b) = (a.chunks_exact(8), b.chunks_exact(8));
+    for (x, y) in (&mut words_a).zip(&mut words_b) {
+        if x.iter().zip(y).fold(0, |acc, (x, y)| acc | (x ^ y)) != 0 {
+            return false;
+        }
+    }
+    let (rest_a, rest_b) = (words_a.remainder(), words_b.remainder());
+    rest_a
+        .iter()
+        .zip(rest_b)
+        .fold(0, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 /// Builds [`NameHasher`]s.
 pub(crate) type NameHash = std::hash::BuildHasherDefault<NameHasher>;
 
@@ -307,6 +330,29 @@ impl std::hash::Hasher for NameHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_name_agrees_with_str_equality() {
+        let names = [
+            "",
+            "w",
+            "x",
+            "noop",
+            "nooq",
+            "worker-7",
+            "worker-8",
+            "worker-78",
+            "worker-79",
+            "a-long-command-name",
+            "a-long-command-namf",
+            "b-long-command-name",
+        ];
+        for a in names {
+            for b in names {
+                assert_eq!(same_name(a, b), a == b, "{a:?} {b:?}");
+            }
+        }
+    }
 
     #[test]
     fn go_valid_runtime_names() {

@@ -346,7 +346,7 @@ fn begin(
     };
     // Borrowed, not cloned: a clone would be a write to a cache line that every dispatch to this
     // command shares.
-    let Some(&position) = entry.commands.by_name.get(request.name()) else {
+    let Some(position) = entry.commands.position(request.name()) else {
         return Err(match validate_command_name(request.name()) {
             Err(error) => DispatchError::InvalidCommandName {
                 error,

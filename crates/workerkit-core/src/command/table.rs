@@ -316,6 +316,18 @@ impl WorkerCommands {
         }
     }
 
+    /// The position in `sorted` of the command named `name`. A worker has few commands: up to
+    /// eight are found by comparing names in place, without hashing.
+    pub(crate) fn position(&self, name: &str) -> Option<usize> {
+        if self.sorted.len() <= 8 {
+            return self
+                .sorted
+                .iter()
+                .position(|c| crate::name::same_name(&c.name, name));
+        }
+        self.by_name.get(name).copied()
+    }
+
     /// The calling thread's shard, and its index.
     pub(crate) fn local_shard(&self) -> (usize, &Shard) {
         let index = thread_hint() & (self.shards.len() - 1);
