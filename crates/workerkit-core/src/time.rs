@@ -31,7 +31,10 @@ impl Timestamp {
     /// at most [`MAX_SKEW`]). A `now` that is not this thread's real clock, just read (a paused
     /// test clock, a reading delayed by preemption), or that did not advance since the anchor,
     /// gets a plain wall-clock reading.
-    pub(crate) fn at_instant(now: Instant) -> Self {
+    ///
+    /// Returns the time and its [Unix milliseconds](Self::unix_millis), which the anchor makes
+    /// cheap to derive as well.
+    pub(crate) fn at_instant(now: Instant) -> (Self, u64) {
         thread_local! {
             static ANCHOR: Cell<Option<Anchor>> = const { Cell::new(None) };
         }
@@ -41,20 +44,37 @@ impl Timestamp {
                 if !since.is_zero() && since < REANCHOR && anchor.uses < MAX_USES {
                     anchor.uses += 1;
                     cell.set(Some(anchor));
-                    return Self(anchor.wall + since);
+                    // `since` is below a millisecond: its nanoseconds are all of it.
+                    let nanos = u64::from(anchor.wall_sub_ms) + u64::from(since.subsec_nanos());
+                    return (
+                        Self(anchor.wall + since),
+                        anchor.wall_ms + nanos / 1_000_000,
+                    );
                 }
             }
-            let wall = SystemTime::now();
+            let wall = Self(SystemTime::now());
+            let since_epoch = wall.since_epoch();
             let fresh = Instant::now()
                 .checked_duration_since(now)
                 .is_some_and(|gap| gap <= MAX_SKEW);
             cell.set(fresh.then_some(Anchor {
                 mono: now,
-                wall,
+                wall: wall.0,
+                wall_ms: millis_of(since_epoch),
+                wall_sub_ms: since_epoch.subsec_nanos() % 1_000_000,
                 uses: 0,
             }));
-            Self(wall)
+            (wall, millis_of(since_epoch))
         })
+    }
+
+    /// Milliseconds since the Unix epoch (0 before it).
+    pub(crate) fn unix_millis(self) -> u64 {
+        millis_of(self.since_epoch())
+    }
+
+    fn since_epoch(self) -> Duration {
+        self.0.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO)
     }
 
     /// This instant plus `d` (saturating at the far future).
@@ -81,7 +101,14 @@ const MAX_SKEW: Duration = Duration::from_micros(20);
 struct Anchor {
     mono: Instant,
     wall: SystemTime,
+    /// `wall` in Unix milliseconds, and the nanoseconds past that millisecond.
+    wall_ms: u64,
+    wall_sub_ms: u32,
     uses: u32,
+}
+
+fn millis_of(since_epoch: Duration) -> u64 {
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl From<SystemTime> for Timestamp {
@@ -161,8 +188,10 @@ mod tests {
     fn a_derived_time_lies_between_wall_clock_readings_around_it() {
         for _ in 0..10_000 {
             let before = SystemTime::now();
-            let derived = Timestamp::at_instant(Instant::now()).0;
+            let (derived, millis) = Timestamp::at_instant(Instant::now());
             let after = SystemTime::now();
+            assert_eq!(millis, derived.unix_millis());
+            let derived = derived.0;
             assert!(before <= derived, "{before:?} > {derived:?}");
             assert!(derived <= after + MAX_SKEW, "{derived:?} > {after:?}");
         }
@@ -174,11 +203,11 @@ mod tests {
             .checked_sub(Duration::from_millis(2))
             .expect("the monotonic clock is past 2 ms");
         let before = SystemTime::now();
-        let derived = Timestamp::at_instant(stale).0;
+        let derived = Timestamp::at_instant(stale).0.0;
         assert!(before <= derived, "{before:?} > {derived:?}");
         // And it does not anchor: a later derivation is not based on it.
         let before = SystemTime::now();
-        let derived = Timestamp::at_instant(Instant::now()).0;
+        let derived = Timestamp::at_instant(Instant::now()).0.0;
         assert!(before <= derived, "{before:?} > {derived:?}");
     }
 

@@ -1,10 +1,11 @@
 //! Dispatch ids: UUIDv7, unique across processes and restarts, ordered by time.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 #[cfg(test)]
 use std::time::SystemTime;
+#[cfg(test)]
 use std::time::UNIX_EPOCH;
 
 use crate::retry::JitterRng;
@@ -27,27 +28,37 @@ impl fmt::Debug for DispatchId {
 }
 
 thread_local! {
-    static RNG: RefCell<JitterRng> = RefCell::new(JitterRng::from_entropy());
+    /// The state of this thread's id generator (SplitMix64, as [`JitterRng`]); 0 until it is
+    /// seeded at the first id. A `const` cell: no lazy-initialisation check or borrow flag.
+    static RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The next 64 random bits of this thread's id generator.
+fn next_random() -> u64 {
+    RNG.with(|state| {
+        let mut seed = state.get();
+        if seed == 0 {
+            seed = JitterRng::from_entropy().next_u64() | 1;
+        }
+        let mut rng = JitterRng::seeded(seed);
+        let value = rng.next_u64();
+        state.set(rng.state().max(1));
+        value
+    })
 }
 
 impl DispatchId {
     /// A new id.
     #[must_use]
     pub fn new() -> Self {
-        Self::at(crate::time::Timestamp::now())
+        Self::at_millis(crate::time::Timestamp::now().unix_millis())
     }
 
-    /// A new id stamped with `at` (saves a clock read when the caller has the time already).
-    pub(crate) fn at(at: crate::time::Timestamp) -> Self {
-        let millis = at
-            .as_system_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            & 0xFFFF_FFFF_FFFF;
-        let (a, b) = RNG.with(|rng| {
-            let mut rng = rng.borrow_mut();
-            (rng.next_u64(), rng.next_u64())
-        });
+    /// A new id stamped with `millis` since the Unix epoch (saves a clock read when the caller
+    /// has the time already).
+    pub(crate) fn at_millis(millis: u64) -> Self {
+        let millis = millis & 0xFFFF_FFFF_FFFF;
+        let (a, b) = (next_random(), next_random());
         let rand_a = a & 0x0FFF; // 12 bits
         let rand_b = b & 0x3FFF_FFFF_FFFF_FFFF; // 62 bits
         let value = (u128::from(millis) << 80)

@@ -323,10 +323,11 @@ fn begin(
     // One clock read per dispatch without observers: the wall-clock time (the request's stamp,
     // the id's millisecond) is derived from the monotonic one. Observers get a reading of their
     // own, which their end event's reading (`ended_at`) can never precede.
-    let started_at = if inner.observers.is_empty() {
+    let (started_at, millis) = if inner.observers.is_empty() {
         Timestamp::at_instant(began.into_std())
     } else {
-        Timestamp::now()
+        let now = Timestamp::now();
+        (now, now.unix_millis())
     };
     request.stamp(started_at);
 
@@ -362,7 +363,7 @@ fn begin(
     let command = &entry.commands.sorted[position];
     let id = request
         .preset_id()
-        .unwrap_or_else(|| DispatchId::at(started_at));
+        .unwrap_or_else(|| DispatchId::at_millis(millis));
 
     let observations = if inner.observers.is_empty() {
         CommandObservations::none()
