@@ -76,7 +76,7 @@ pub(crate) struct DispatchState {
     /// The running incarnation's context (without deadline), handed to its commands. Each shard
     /// has its own allocation, so that the reference counts of dispatches on different threads
     /// live on different cache lines.
-    pub(crate) ctx: Option<Arc<WorkerContext>>,
+    pub(crate) ctx: Option<Arc<ShardContext>>,
     slots: Vec<Option<InFlightSlot>>,
     free: Vec<usize>,
     /// In flight through this shard, across every incarnation.
@@ -129,6 +129,13 @@ impl DispatchState {
         }
     }
 }
+
+/// A shard's copy of the running incarnation's context, on cache lines of its own: every
+/// dispatch through the shard writes its reference count, and an allocation that shared a
+/// line with another shard's hot data (the allocator places the copies, made one after the
+/// other, side by side with the shards' name copies) would bounce that line between threads.
+#[repr(align(128))]
+pub(crate) struct ShardContext(pub(crate) WorkerContext);
 
 /// One shard of a worker's dispatch state, on cache lines of its own.
 #[repr(align(128))]
@@ -380,9 +387,8 @@ impl WorkerCommands {
 
     /// Stores the context the running incarnation's commands get (one copy per shard).
     pub(crate) fn set_context(&self, ctx: &WorkerContext) {
-        let mut copies = Spread::default().copies(self.shards.len(), || Arc::new(ctx.clone()));
         for shard in &self.shards {
-            shard.lock().ctx = copies.pop();
+            shard.lock().ctx = Some(Arc::new(ShardContext(ctx.clone())));
         }
     }
 
