@@ -140,7 +140,30 @@ pub(crate) async fn dispatch(
             deadline,
         };
         let observations = guard.observations.as_ref();
-        let outcome = run_attempt(command, ctx, slot, observations, &inner.observers).await;
+        let outcome = match command.timeout_mode {
+            // The common mode: the handler is awaited in place (no nested future, so the
+            // dispatch's future stays small and its result is moved less).
+            TimeoutMode::Cooperative => {
+                let scoped = Scoped {
+                    future: command.handler.call_dyn(ctx),
+                    observations,
+                    observers: &inner.observers,
+                };
+                attempt_outcome(scoped.await, deadline, slot)
+            }
+            // Boxed: its timers would otherwise make every dispatch's future larger.
+            TimeoutMode::Hard { grace } => {
+                Box::pin(run_hard(
+                    command,
+                    ctx,
+                    grace,
+                    slot,
+                    observations,
+                    &inner.observers,
+                ))
+                .await
+            }
+        };
         let failed = match outcome {
             Ok(response) => break Ok(response),
             Err(failed) => failed,
@@ -824,42 +847,39 @@ fn record_failure(
     );
 }
 
-/// Runs one attempt: the handler under panic capture, inside the observations' scope, with the
-/// timeout mode applied.
-async fn run_attempt(
+/// Runs one attempt in the hard timeout mode: the handler under panic capture, inside the
+/// observations' scope, dropped `grace` after its deadline or the dispatch's cancellation.
+async fn run_hard(
     command: &CommandEntry,
     ctx: CommandContext,
+    grace: Duration,
     slot: SlotRef<'_>,
     observations: Option<&CommandObservations>,
     observers: &Observers,
 ) -> Result<CommandResponse, Attempt> {
     let deadline = ctx.deadline;
-    // Only the hard mode watches the cancellation while the handler runs.
-    let watched = match command.timeout_mode {
-        TimeoutMode::Cooperative => None,
-        TimeoutMode::Hard { grace } => Some((Arc::clone(&ctx.shared), grace)),
-    };
+    let shared = Arc::clone(&ctx.shared);
     let mut scoped = Scoped {
         future: command.handler.call_dyn(ctx),
         observations,
         observers,
     };
-    let result = match watched {
-        None => (&mut scoped).await,
-        // Boxed: its timers would otherwise make every dispatch's future larger.
-        Some((shared, grace)) => {
-            match Box::pin(hard_timeout(&mut scoped, deadline, &shared, grace)).await {
-                Some(result) => result,
-                None => {
-                    return Err(match shared.cancel_reason() {
-                        Some(reason) => Attempt::Cancelled(reason, None),
-                        None => Attempt::TimedOut(None),
-                    });
-                }
-            }
-        }
-    };
-    match result {
+    match hard_timeout(&mut scoped, deadline, &shared, grace).await {
+        Some(handled) => attempt_outcome(handled, deadline, slot),
+        None => Err(match shared.cancel_reason() {
+            Some(reason) => Attempt::Cancelled(reason, None),
+            None => Attempt::TimedOut(None),
+        }),
+    }
+}
+
+/// What a handler that ran to completion (or panicked) means for its attempt.
+fn attempt_outcome(
+    handled: Handled,
+    deadline: Option<Instant>,
+    slot: SlotRef<'_>,
+) -> Result<CommandResponse, Attempt> {
+    match handled {
         Err(payload) => Err(Attempt::Panicked(payload)),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(err)) => {
@@ -882,7 +902,7 @@ async fn hard_timeout(
     deadline: Option<Instant>,
     shared: &DispatchShared,
     grace: Duration,
-) -> Option<<Scoped<'static> as Future>::Output> {
+) -> Option<Handled> {
     tokio::select! {
         biased;
         result = &mut *scoped => Some(result),
@@ -923,8 +943,11 @@ struct Scoped<'a> {
 
 type Polled = Result<Poll<Result<CommandResponse, BoxError>>, Payload>;
 
+/// A handler's result, or the payload of its panic.
+type Handled = Result<Result<CommandResponse, BoxError>, Payload>;
+
 impl Future for Scoped<'_> {
-    type Output = Result<Result<CommandResponse, BoxError>, Payload>;
+    type Output = Handled;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
