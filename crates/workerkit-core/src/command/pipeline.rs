@@ -67,26 +67,16 @@ pub(crate) async fn dispatch(
         observations: Some(observations),
         end: &end,
     };
-    let admitted = match first {
-        First::Admitted(admission) => Ok(admission),
-        First::Rejected(err) => Err(err),
+    // Matched once, without intermediate results: each would be another move of the admission.
+    let admission = match first {
+        First::Admitted(admission) => admission,
+        First::Rejected(err) => return Err(admitting.reject(err)),
         // Boxed: the waiting loop's futures would otherwise make every dispatch's future larger.
-        First::Wait(request) => Box::pin(admit(inner, entry, command, *request, id, began))
-            .await
-            .map_err(Box::new),
-    };
-    let admission = match admitted {
-        Ok(admission) => admission,
-        Err(err) => {
-            let failure = Failure::new(err.code(), rejection_message(&err));
-            end.finish(
-                admitting.take(),
-                0,
-                CommandOutcome::Rejected,
-                Some(failure),
-                None,
-            );
-            return Err(*err);
+        First::Wait(request) => {
+            match Box::pin(admit(inner, entry, command, *request, id, began)).await {
+                Ok(admission) => admission,
+                Err(err) => return Err(admitting.reject(Box::new(err))),
+            }
         }
     };
     let shard = admission.shard;
@@ -121,7 +111,7 @@ pub(crate) async fn dispatch(
     } else {
         began
     };
-    let result = loop {
+    let (failed, failure, cause) = loop {
         guard.attempts += 1;
         let attempt = guard.attempts;
         let now = if attempt == 1 {
@@ -165,7 +155,22 @@ pub(crate) async fn dispatch(
             }
         };
         let failed = match outcome {
-            Ok(response) => break Ok(response),
+            Ok(response) => {
+                // Answered here, not past the loop: the response is moved once, into the result.
+                record_duration(inner, entry, command, began);
+                let attempts = guard.attempts;
+                guard.finish(CommandOutcome::Succeeded, None, None);
+                // The shard's own copies of the names: their reference counts are not written
+                // by dispatches on other threads.
+                let names = entry.commands.shard(shard);
+                return Ok(CommandResult {
+                    id,
+                    worker: Arc::clone(&names.worker),
+                    name: Arc::clone(&names.names[position]),
+                    attempts,
+                    result: response,
+                });
+            }
             Err(failed) => failed,
         };
         let (failure, cause, panic) = failed.present(entry, command);
@@ -216,102 +221,90 @@ pub(crate) async fn dispatch(
                 .next_delay(attempt, err, attempts_began.elapsed(), rng)
         });
         match delay {
-            None => break Err((failed, failure, cause)),
+            None => break (failed, failure, cause),
             Some(delay) => {
                 // Boxed: the sleep would otherwise make every dispatch's future larger.
                 if let Some(reason) = Box::pin(backoff(delay, shared)).await {
-                    break Err((Attempt::Cancelled(reason, None), Failure::canceled(), None));
+                    break (Attempt::Cancelled(reason, None), Failure::canceled(), None);
                 }
             }
         }
     };
 
+    // Failed: the last attempt's failure.
+    record_duration(inner, entry, command, began);
+    let attempts = guard.attempts;
+    let worker = Arc::clone(&entry.qualified);
+    let name = Arc::clone(&command.name);
+    let shared_cause = cause.clone().map(SharedCause::new);
+    let (outcome, err, payload) = match failed {
+        Attempt::Failed(failed_cause) => (
+            CommandOutcome::Failed,
+            DispatchError::Failed {
+                id,
+                worker,
+                command: name,
+                attempts,
+                failure: failure.clone(),
+                cause: shared_cause.unwrap_or_else(|| SharedCause::new(Arc::clone(&failed_cause))),
+            },
+            None,
+        ),
+        Attempt::TimedOut(_) => (
+            CommandOutcome::TimedOut,
+            DispatchError::TimedOut {
+                id,
+                worker,
+                command: name,
+                attempts,
+                cause: shared_cause,
+            },
+            None,
+        ),
+        Attempt::Cancelled(reason, _) => (
+            CommandOutcome::Cancelled,
+            DispatchError::Cancelled {
+                id,
+                worker,
+                command: name,
+                attempts,
+                reason,
+                cause: shared_cause,
+            },
+            None,
+        ),
+        Attempt::Panicked(payload) => (
+            CommandOutcome::Panicked,
+            DispatchError::Panicked {
+                id,
+                worker,
+                command: name,
+                attempts,
+                failure: failure.clone(),
+            },
+            Some(payload),
+        ),
+    };
+    guard.finish(outcome, Some(failure), cause);
+    drop(guard);
+    if let Some(payload) = payload {
+        let propagate =
+            inner.lock().workers[entry.idx].config.panic_policy == PanicPolicy::Propagate;
+        if propagate {
+            std::panic::resume_unwind(payload);
+        }
+    }
+    Err(err)
+}
+
+/// Records the dispatch's duration for the `retry_after` hints of its command, if a limit
+/// applies to it: only a limit can saturate, and only saturation reads the mean.
+fn record_duration(inner: &Inner, entry: &WorkerEntry, command: &CommandEntry, began: Instant) {
     if entry.commands.concurrency.is_some()
         || command.concurrency.is_some()
         || inner.command_limit.is_bounded()
     {
-        // Only a limit can saturate, and only saturation reads the mean (for `retry_after`).
         command.record_duration(began.elapsed());
-    }
-    let attempts = guard.attempts;
-    match result {
-        Ok(response) => {
-            guard.finish(CommandOutcome::Succeeded, None, None);
-            // The shard's own copies of the names: their reference counts are not written by
-            // dispatches on other threads.
-            let names = entry.commands.shard(shard);
-            Ok(CommandResult {
-                id,
-                worker: Arc::clone(&names.worker),
-                name: Arc::clone(&names.names[position]),
-                attempts,
-                result: response,
-            })
-        }
-        Err((failed, failure, cause)) => {
-            let worker = Arc::clone(&entry.qualified);
-            let name = Arc::clone(&command.name);
-            let shared_cause = cause.clone().map(SharedCause::new);
-            let (outcome, err, payload) = match failed {
-                Attempt::Failed(failed_cause) => (
-                    CommandOutcome::Failed,
-                    DispatchError::Failed {
-                        id,
-                        worker,
-                        command: name,
-                        attempts,
-                        failure: failure.clone(),
-                        cause: shared_cause
-                            .unwrap_or_else(|| SharedCause::new(Arc::clone(&failed_cause))),
-                    },
-                    None,
-                ),
-                Attempt::TimedOut(_) => (
-                    CommandOutcome::TimedOut,
-                    DispatchError::TimedOut {
-                        id,
-                        worker,
-                        command: name,
-                        attempts,
-                        cause: shared_cause,
-                    },
-                    None,
-                ),
-                Attempt::Cancelled(reason, _) => (
-                    CommandOutcome::Cancelled,
-                    DispatchError::Cancelled {
-                        id,
-                        worker,
-                        command: name,
-                        attempts,
-                        reason,
-                        cause: shared_cause,
-                    },
-                    None,
-                ),
-                Attempt::Panicked(payload) => (
-                    CommandOutcome::Panicked,
-                    DispatchError::Panicked {
-                        id,
-                        worker,
-                        command: name,
-                        attempts,
-                        failure: failure.clone(),
-                    },
-                    Some(payload),
-                ),
-            };
-            guard.finish(outcome, Some(failure), cause);
-            drop(guard);
-            if let Some(payload) = payload {
-                let propagate =
-                    inner.lock().workers[entry.idx].config.panic_policy == PanicPolicy::Propagate;
-                if propagate {
-                    std::panic::resume_unwind(payload);
-                }
-            }
-            Err(err)
-        }
     }
 }
 
@@ -485,6 +478,20 @@ struct Admitting<'a> {
 }
 
 impl Admitting<'_> {
+    /// Ends the observation of a rejected dispatch; returns the rejection.
+    #[cold]
+    fn reject(&mut self, err: Box<DispatchError>) -> DispatchError {
+        let failure = Failure::new(err.code(), rejection_message(&err));
+        self.end.finish(
+            self.take(),
+            0,
+            CommandOutcome::Rejected,
+            Some(failure),
+            None,
+        );
+        *err
+    }
+
     fn take(&mut self) -> CommandObservations {
         self.observations
             .take()
