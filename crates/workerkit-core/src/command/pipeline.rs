@@ -958,6 +958,17 @@ impl Future for Scoped<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        let Some(observations) = this.observations.filter(|o| !o.is_empty()) else {
+            // No observation scope (the usual case): one poll under panic capture, its result
+            // passed on as is.
+            return match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                this.future.as_mut().poll(cx)
+            })) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+                Err(payload) => Poll::Ready(Err(payload)),
+            };
+        };
         let mut polled: Option<Polled> = None;
         {
             let future = &mut this.future;
@@ -970,15 +981,10 @@ impl Future for Scoped<'_> {
                     })));
                 }
             };
-            match this.observations.filter(|o| !o.is_empty()) {
-                None => poll_once(),
-                Some(observations) => {
-                    // An observer that panics in its scope is contained and counted; the
-                    // handler is still polled exactly once (below, if the scope never did).
-                    for _ in 0..observations.in_scope(&mut poll_once) {
-                        this.observers.count_panic();
-                    }
-                }
+            // An observer that panics in its scope is contained and counted; the handler is
+            // still polled exactly once (below, if the scope never did).
+            for _ in 0..observations.in_scope(&mut poll_once) {
+                this.observers.count_panic();
             }
         }
         let polled = match polled {
