@@ -27,7 +27,7 @@ use workerkit_core::{
 
 use LifecycleState::{Draining, Failed, Running, Starting, Stopped, Stopping};
 
-fn req(worker: &str) -> CommandRequest {
+fn req(worker: &'static str) -> CommandRequest {
     CommandRequest::new(worker, "c")
 }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use workerkit_core::command::{AdmissionMode, CommandHandler, DispatchError, LimitScope};
 use workerkit_core::{CommandRequest, CommandResponse, Runtime, handler_fn};
 
-fn req(worker: &str, name: &str) -> CommandRequest {
+fn req(worker: &'static str, name: &'static str) -> CommandRequest {
     CommandRequest::new(worker, name)
 }
 

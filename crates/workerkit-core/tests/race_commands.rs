@@ -120,7 +120,7 @@ fn idle_worker(name: &str, stopped: &Arc<AtomicBool>) -> WorkerSpec {
     )
 }
 
-fn request(worker: &str, command: &str, tag: &impl ToString) -> CommandRequest {
+fn request(worker: &'static str, command: &'static str, tag: &impl ToString) -> CommandRequest {
     CommandRequest::new(worker, command).metadata(TAG, tag.to_string())
 }
 

@@ -59,7 +59,7 @@ impl Gate {
 }
 
 /// Dispatches in a task of its own, as a server would for each request.
-fn spawn(runtime: &Runtime, worker: &str, command: &str) -> Dispatch {
+fn spawn(runtime: &Runtime, worker: &'static str, command: &'static str) -> Dispatch {
     let runtime = runtime.clone();
     let request = CommandRequest::new(worker, command);
     tokio::spawn(async move { runtime.dispatch(request).await })
@@ -74,7 +74,7 @@ async fn began(
 }
 
 /// Dispatches in place and prints the outcome: saturation details, or anything else.
-async fn try_dispatch(runtime: &Runtime, worker: &str, command: &str) {
+async fn try_dispatch(runtime: &Runtime, worker: &'static str, command: &'static str) {
     let began = Instant::now();
     let outcome = runtime.dispatch(CommandRequest::new(worker, command)).await;
     let waited = began.elapsed().as_millis();

@@ -175,7 +175,7 @@ fn sync_worker(attempts: &Attempts) -> Result<WorkerSpec, Box<dyn Error>> {
 }
 
 /// Dispatches one command of `sync` and prints how it ended and how long it took.
-async fn run(runtime: &Runtime, command: &str) {
+async fn run(runtime: &Runtime, command: &'static str) {
     let began = Instant::now();
     let outcome = runtime.dispatch(CommandRequest::new("sync", command)).await;
     let took = began.elapsed().as_millis();

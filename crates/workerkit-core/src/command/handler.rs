@@ -192,7 +192,7 @@ impl fmt::Display for CancelReason {
 pub(crate) struct DispatchShared {
     pub(crate) id: DispatchId,
     pub(crate) request: CommandRequest,
-    pub(crate) worker: Arc<WorkerContext>,
+    pub(crate) worker: Arc<super::table::ShardContext>,
     pub(crate) started: Instant,
     cancel: AtomicU8,
     notify: Notify,
@@ -202,7 +202,7 @@ impl DispatchShared {
     pub(crate) fn new(
         id: DispatchId,
         request: CommandRequest,
-        worker: Arc<WorkerContext>,
+        worker: Arc<super::table::ShardContext>,
         started: Instant,
     ) -> Self {
         Self {
@@ -284,7 +284,7 @@ impl CommandContext {
     /// `set_ready`, ...).
     #[must_use]
     pub fn worker(&self) -> &WorkerContext {
-        &self.shared.worker
+        &self.shared.worker.0
     }
 
     /// This attempt's deadline, if it has a timeout.

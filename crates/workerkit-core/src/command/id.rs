@@ -1,10 +1,11 @@
 //! Dispatch ids: UUIDv7, unique across processes and restarts, ordered by time.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 #[cfg(test)]
 use std::time::SystemTime;
+#[cfg(test)]
 use std::time::UNIX_EPOCH;
 
 use crate::retry::JitterRng;
@@ -14,31 +15,50 @@ use crate::retry::JitterRng;
 /// within one millisecond are in no particular order).
 ///
 /// Displayed in the hyphenated form, e.g. `019a6f0e-7c1d-7b3a-9f2e-4c5d6e7f8a9b`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DispatchId(u128);
+///
+/// Stored as two 64-bit halves (high, low), which order as the 128-bit value does: a `u128`
+/// would align every request, dispatch state and future that holds an id to 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DispatchId(u64, u64);
+
+impl fmt::Debug for DispatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("DispatchId").field(&self.as_u128()).finish()
+    }
+}
 
 thread_local! {
-    static RNG: RefCell<JitterRng> = RefCell::new(JitterRng::from_entropy());
+    /// The state of this thread's id generator (SplitMix64, as [`JitterRng`]); 0 until it is
+    /// seeded at the first id. A `const` cell: no lazy-initialisation check or borrow flag.
+    static RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// The next 64 random bits of this thread's id generator.
+fn next_random() -> u64 {
+    RNG.with(|state| {
+        let mut seed = state.get();
+        if seed == 0 {
+            seed = JitterRng::from_entropy().next_u64() | 1;
+        }
+        let mut rng = JitterRng::seeded(seed);
+        let value = rng.next_u64();
+        state.set(rng.state().max(1));
+        value
+    })
 }
 
 impl DispatchId {
     /// A new id.
     #[must_use]
     pub fn new() -> Self {
-        Self::at(crate::time::Timestamp::now())
+        Self::at_millis(crate::time::Timestamp::now().unix_millis())
     }
 
-    /// A new id stamped with `at` (saves a clock read when the caller has the time already).
-    pub(crate) fn at(at: crate::time::Timestamp) -> Self {
-        let millis = at
-            .as_system_time()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-            & 0xFFFF_FFFF_FFFF;
-        let (a, b) = RNG.with(|rng| {
-            let mut rng = rng.borrow_mut();
-            (rng.next_u64(), rng.next_u64())
-        });
+    /// A new id stamped with `millis` since the Unix epoch (saves a clock read when the caller
+    /// has the time already).
+    pub(crate) fn at_millis(millis: u64) -> Self {
+        let millis = millis & 0xFFFF_FFFF_FFFF;
+        let (a, b) = (next_random(), next_random());
         let rand_a = a & 0x0FFF; // 12 bits
         let rand_b = b & 0x3FFF_FFFF_FFFF_FFFF; // 62 bits
         let value = (u128::from(millis) << 80)
@@ -46,13 +66,17 @@ impl DispatchId {
             | (u128::from(rand_a) << 64)
             | (0b10_u128 << 62)
             | u128::from(rand_b);
-        Self(value)
+        Self::from_u128(value)
+    }
+
+    const fn from_u128(value: u128) -> Self {
+        Self((value >> 64) as u64, value as u64)
     }
 
     /// The 128-bit value.
     #[must_use]
     pub const fn as_u128(self) -> u128 {
-        self.0
+        ((self.0 as u128) << 64) | self.1 as u128
     }
 }
 
@@ -68,7 +92,7 @@ impl fmt::Display for DispatchId {
         // (JSON answers, request ids), where `write!` with five padded integers is slow.
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [b'-'; 36];
-        let mut value = self.0;
+        let mut value = self.as_u128();
         for position in (0..36).rev() {
             if matches!(position, 8 | 13 | 18 | 23) {
                 continue;
@@ -99,7 +123,7 @@ impl FromStr for DispatchId {
             return Err(ParseDispatchIdError);
         }
         u128::from_str_radix(&hex, 16)
-            .map(Self)
+            .map(Self::from_u128)
             .map_err(|_| ParseDispatchIdError)
     }
 }

@@ -15,6 +15,7 @@ mod id;
 pub(crate) mod pipeline;
 mod table;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -46,22 +47,27 @@ pub type Metadata = BTreeMap<String, String>;
 #[must_use]
 pub struct CommandRequest {
     id: Option<DispatchId>,
-    worker: String,
-    name: String,
+    worker: Cow<'static, str>,
+    name: Cow<'static, str>,
     payload: Option<Value>,
-    metadata: Metadata,
+    /// Boxed, and absent until the first entry: most requests have none, and an empty map still
+    /// costs its size in every move of the request and a walk when it is dropped.
+    metadata: Option<Box<Metadata>>,
     requested_at: Option<Timestamp>,
 }
 
 impl CommandRequest {
     /// A request for command `name` of `worker` (local or qualified name), with no payload.
-    pub fn new(worker: impl Into<String>, name: impl Into<String>) -> Self {
+    ///
+    /// Both names take a `&'static str` (kept as is, without allocating: the usual case of
+    /// names written in the code) or an owned `String` (e.g. names read from a request body).
+    pub fn new(worker: impl Into<Cow<'static, str>>, name: impl Into<Cow<'static, str>>) -> Self {
         Self {
             id: None,
             worker: worker.into(),
             name: name.into(),
             payload: None,
-            metadata: Metadata::new(),
+            metadata: None,
             requested_at: None,
         }
     }
@@ -90,7 +96,9 @@ impl CommandRequest {
 
     /// Adds one metadata entry.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata.insert(key.into(), value.into());
+        self.metadata
+            .get_or_insert_default()
+            .insert(key.into(), value.into());
         self
     }
 
@@ -136,13 +144,14 @@ impl CommandRequest {
     /// All metadata.
     #[must_use]
     pub fn all_metadata(&self) -> &Metadata {
-        &self.metadata
+        static EMPTY: Metadata = Metadata::new();
+        self.metadata.as_deref().unwrap_or(&EMPTY)
     }
 
     /// One metadata value.
     #[must_use]
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
-        self.metadata.get(key).map(String::as_str)
+        self.all_metadata().get(key).map(String::as_str)
     }
 
     /// When the request was made (set at dispatch if the caller did not).

@@ -67,26 +67,16 @@ pub(crate) async fn dispatch(
         observations: Some(observations),
         end: &end,
     };
-    let admitted = match first {
-        First::Admitted(admission) => Ok(admission),
-        First::Rejected(err) => Err(err),
+    // Matched once, without intermediate results: each would be another move of the admission.
+    let admission = match first {
+        First::Admitted(admission) => admission,
+        First::Rejected(err) => return Err(admitting.reject(err)),
         // Boxed: the waiting loop's futures would otherwise make every dispatch's future larger.
-        First::Wait(request) => Box::pin(admit(inner, entry, command, *request, id, began))
-            .await
-            .map_err(Box::new),
-    };
-    let admission = match admitted {
-        Ok(admission) => admission,
-        Err(err) => {
-            let failure = Failure::new(err.code(), rejection_message(&err));
-            end.finish(
-                admitting.take(),
-                0,
-                CommandOutcome::Rejected,
-                Some(failure),
-                None,
-            );
-            return Err(*err);
+        First::Wait(request) => {
+            match Box::pin(admit(inner, entry, command, *request, id, began)).await {
+                Ok(admission) => admission,
+                Err(err) => return Err(admitting.reject(Box::new(err))),
+            }
         }
     };
     let shard = admission.shard;
@@ -101,7 +91,16 @@ pub(crate) async fn dispatch(
         end: &end,
         attempts: 0,
     };
-    let shared = admission.shared;
+    // The pipeline's own reference is handed to the first attempt's context, not cloned: a
+    // clone and its drop are two atomic writes per dispatch. The rare paths that need the
+    // shared state after that (a failed attempt, a retry) take a reference from the in-flight
+    // slot, which holds one until the slot is released.
+    let mut shared = Some(admission.shared);
+    let slot = SlotRef {
+        commands: &entry.commands,
+        shard,
+        slot: guard.slot,
+    };
     let incarnation = admission.incarnation;
 
     let mut rng: Option<JitterRng> = None;
@@ -112,7 +111,7 @@ pub(crate) async fn dispatch(
     } else {
         began
     };
-    let result = loop {
+    let (failed, failure, cause) = loop {
         guard.attempts += 1;
         let attempt = guard.attempts;
         let now = if attempt == 1 {
@@ -126,14 +125,52 @@ pub(crate) async fn dispatch(
             (a, b) => a.or(b),
         };
         let ctx = CommandContext {
-            shared: Arc::clone(&shared),
+            shared: shared.take().unwrap_or_else(|| slot.shared()),
             attempt,
             deadline,
         };
         let observations = guard.observations.as_ref();
-        let outcome = run_attempt(command, ctx, &shared, observations, &inner.observers).await;
+        let outcome = match command.timeout_mode {
+            // The common mode: the handler is awaited in place (no nested future, so the
+            // dispatch's future stays small and its result is moved less).
+            TimeoutMode::Cooperative => {
+                let scoped = Scoped {
+                    future: command.handler.call_dyn(ctx),
+                    observations,
+                    observers: &inner.observers,
+                };
+                attempt_outcome(scoped.await, deadline, slot)
+            }
+            // Boxed: its timers would otherwise make every dispatch's future larger.
+            TimeoutMode::Hard { grace } => {
+                Box::pin(run_hard(
+                    command,
+                    ctx,
+                    grace,
+                    slot,
+                    observations,
+                    &inner.observers,
+                ))
+                .await
+            }
+        };
         let failed = match outcome {
-            Ok(response) => break Ok(response),
+            Ok(response) => {
+                // Answered here, not past the loop: the response is moved once, into the result.
+                record_duration(inner, entry, command, began);
+                let attempts = guard.attempts;
+                guard.finish(CommandOutcome::Succeeded, None, None);
+                // The shard's own copies of the names: their reference counts are not written
+                // by dispatches on other threads.
+                let names = entry.commands.shard(shard);
+                return Ok(CommandResult {
+                    id,
+                    worker: Arc::clone(&names.worker),
+                    name: Arc::clone(&names.names[position]),
+                    attempts,
+                    result: response,
+                });
+            }
             Err(failed) => failed,
         };
         let (failure, cause, panic) = failed.present(entry, command);
@@ -173,6 +210,7 @@ pub(crate) async fn dispatch(
             }
             Attempt::Panicked(_) | Attempt::Cancelled(..) => None,
         };
+        let shared = &*shared.get_or_insert_with(|| slot.shared());
         let delay = retry_error.and_then(|err| {
             if shared.cancel_reason().is_some() {
                 return None;
@@ -183,102 +221,90 @@ pub(crate) async fn dispatch(
                 .next_delay(attempt, err, attempts_began.elapsed(), rng)
         });
         match delay {
-            None => break Err((failed, failure, cause)),
+            None => break (failed, failure, cause),
             Some(delay) => {
                 // Boxed: the sleep would otherwise make every dispatch's future larger.
-                if let Some(reason) = Box::pin(backoff(delay, &shared)).await {
-                    break Err((Attempt::Cancelled(reason, None), Failure::canceled(), None));
+                if let Some(reason) = Box::pin(backoff(delay, shared)).await {
+                    break (Attempt::Cancelled(reason, None), Failure::canceled(), None);
                 }
             }
         }
     };
 
+    // Failed: the last attempt's failure.
+    record_duration(inner, entry, command, began);
+    let attempts = guard.attempts;
+    let worker = Arc::clone(&entry.qualified);
+    let name = Arc::clone(&command.name);
+    let shared_cause = cause.clone().map(SharedCause::new);
+    let (outcome, err, payload) = match failed {
+        Attempt::Failed(failed_cause) => (
+            CommandOutcome::Failed,
+            DispatchError::Failed {
+                id,
+                worker,
+                command: name,
+                attempts,
+                failure: failure.clone(),
+                cause: shared_cause.unwrap_or_else(|| SharedCause::new(Arc::clone(&failed_cause))),
+            },
+            None,
+        ),
+        Attempt::TimedOut(_) => (
+            CommandOutcome::TimedOut,
+            DispatchError::TimedOut {
+                id,
+                worker,
+                command: name,
+                attempts,
+                cause: shared_cause,
+            },
+            None,
+        ),
+        Attempt::Cancelled(reason, _) => (
+            CommandOutcome::Cancelled,
+            DispatchError::Cancelled {
+                id,
+                worker,
+                command: name,
+                attempts,
+                reason,
+                cause: shared_cause,
+            },
+            None,
+        ),
+        Attempt::Panicked(payload) => (
+            CommandOutcome::Panicked,
+            DispatchError::Panicked {
+                id,
+                worker,
+                command: name,
+                attempts,
+                failure: failure.clone(),
+            },
+            Some(payload),
+        ),
+    };
+    guard.finish(outcome, Some(failure), cause);
+    drop(guard);
+    if let Some(payload) = payload {
+        let propagate =
+            inner.lock().workers[entry.idx].config.panic_policy == PanicPolicy::Propagate;
+        if propagate {
+            std::panic::resume_unwind(payload);
+        }
+    }
+    Err(err)
+}
+
+/// Records the dispatch's duration for the `retry_after` hints of its command, if a limit
+/// applies to it: only a limit can saturate, and only saturation reads the mean.
+fn record_duration(inner: &Inner, entry: &WorkerEntry, command: &CommandEntry, began: Instant) {
     if entry.commands.concurrency.is_some()
         || command.concurrency.is_some()
         || inner.command_limit.is_bounded()
     {
-        // Only a limit can saturate, and only saturation reads the mean (for `retry_after`).
         command.record_duration(began.elapsed());
-    }
-    let attempts = guard.attempts;
-    match result {
-        Ok(response) => {
-            guard.finish(CommandOutcome::Succeeded, None, None);
-            // The shard's own copies of the names: their reference counts are not written by
-            // dispatches on other threads.
-            let names = entry.commands.shard(shard);
-            Ok(CommandResult {
-                id,
-                worker: Arc::clone(&names.worker),
-                name: Arc::clone(&names.names[position]),
-                attempts,
-                result: response,
-            })
-        }
-        Err((failed, failure, cause)) => {
-            let worker = Arc::clone(&entry.qualified);
-            let name = Arc::clone(&command.name);
-            let shared_cause = cause.clone().map(SharedCause::new);
-            let (outcome, err, payload) = match failed {
-                Attempt::Failed(failed_cause) => (
-                    CommandOutcome::Failed,
-                    DispatchError::Failed {
-                        id,
-                        worker,
-                        command: name,
-                        attempts,
-                        failure: failure.clone(),
-                        cause: shared_cause
-                            .unwrap_or_else(|| SharedCause::new(Arc::clone(&failed_cause))),
-                    },
-                    None,
-                ),
-                Attempt::TimedOut(_) => (
-                    CommandOutcome::TimedOut,
-                    DispatchError::TimedOut {
-                        id,
-                        worker,
-                        command: name,
-                        attempts,
-                        cause: shared_cause,
-                    },
-                    None,
-                ),
-                Attempt::Cancelled(reason, _) => (
-                    CommandOutcome::Cancelled,
-                    DispatchError::Cancelled {
-                        id,
-                        worker,
-                        command: name,
-                        attempts,
-                        reason,
-                        cause: shared_cause,
-                    },
-                    None,
-                ),
-                Attempt::Panicked(payload) => (
-                    CommandOutcome::Panicked,
-                    DispatchError::Panicked {
-                        id,
-                        worker,
-                        command: name,
-                        attempts,
-                        failure: failure.clone(),
-                    },
-                    Some(payload),
-                ),
-            };
-            guard.finish(outcome, Some(failure), cause);
-            drop(guard);
-            if let Some(payload) = payload {
-                let propagate =
-                    inner.lock().workers[entry.idx].config.panic_policy == PanicPolicy::Propagate;
-                if propagate {
-                    std::panic::resume_unwind(payload);
-                }
-            }
-            Err(err)
-        }
     }
 }
 
@@ -310,7 +336,15 @@ fn begin(
     mut request: CommandRequest,
     began: Instant,
 ) -> Result<Begun<'_>, DispatchError> {
-    let started_at = Timestamp::now();
+    // One clock read per dispatch without observers: the wall-clock time (the request's stamp,
+    // the id's millisecond) is derived from the monotonic one. Observers get a reading of their
+    // own, which their end event's reading (`ended_at`) can never precede.
+    let (started_at, millis) = if inner.observers.is_empty() {
+        Timestamp::at_instant(began.into_std())
+    } else {
+        let now = Timestamp::now();
+        (now, now.unix_millis())
+    };
     request.stamp(started_at);
 
     // Resolve. Names are validated only on a miss: a hit is valid by construction. Nothing is
@@ -329,7 +363,7 @@ fn begin(
     };
     // Borrowed, not cloned: a clone would be a write to a cache line that every dispatch to this
     // command shares.
-    let Some(&position) = entry.commands.by_name.get(request.name()) else {
+    let Some(position) = entry.commands.position(request.name()) else {
         return Err(match validate_command_name(request.name()) {
             Err(error) => DispatchError::InvalidCommandName {
                 error,
@@ -345,7 +379,7 @@ fn begin(
     let command = &entry.commands.sorted[position];
     let id = request
         .preset_id()
-        .unwrap_or_else(|| DispatchId::at(started_at));
+        .unwrap_or_else(|| DispatchId::at_millis(millis));
 
     let observations = if inner.observers.is_empty() {
         CommandObservations::none()
@@ -444,6 +478,20 @@ struct Admitting<'a> {
 }
 
 impl Admitting<'_> {
+    /// Ends the observation of a rejected dispatch; returns the rejection.
+    #[cold]
+    fn reject(&mut self, err: Box<DispatchError>) -> DispatchError {
+        let failure = Failure::new(err.code(), rejection_message(&err));
+        self.end.finish(
+            self.take(),
+            0,
+            CommandOutcome::Rejected,
+            Some(failure),
+            None,
+        );
+        *err
+    }
+
     fn take(&mut self) -> CommandObservations {
         self.observations
             .take()
@@ -516,6 +564,24 @@ struct Admission {
     slot: usize,
     runtime_slot: bool,
     incarnation: u64,
+}
+
+/// Where an admitted dispatch is registered in flight: its shared state can be taken from
+/// there (under the shard's lock) until the slot is released.
+#[derive(Clone, Copy)]
+struct SlotRef<'a> {
+    commands: &'a super::WorkerCommands,
+    shard: usize,
+    slot: usize,
+}
+
+impl SlotRef<'_> {
+    /// A reference to the dispatch's shared state.
+    fn shared(self) -> Arc<DispatchShared> {
+        self.commands
+            .slot_shared(self.shard, self.slot)
+            .expect("a dispatch is in flight until its slot is released")
+    }
 }
 
 /// Decrements the waiting count of a worker if the caller stops waiting.
@@ -788,42 +854,44 @@ fn record_failure(
     );
 }
 
-/// Runs one attempt: the handler under panic capture, inside the observations' scope, with the
-/// timeout mode applied.
-async fn run_attempt(
+/// Runs one attempt in the hard timeout mode: the handler under panic capture, inside the
+/// observations' scope, dropped `grace` after its deadline or the dispatch's cancellation.
+async fn run_hard(
     command: &CommandEntry,
     ctx: CommandContext,
-    shared: &DispatchShared,
+    grace: Duration,
+    slot: SlotRef<'_>,
     observations: Option<&CommandObservations>,
     observers: &Observers,
 ) -> Result<CommandResponse, Attempt> {
     let deadline = ctx.deadline;
+    let shared = Arc::clone(&ctx.shared);
     let mut scoped = Scoped {
         future: command.handler.call_dyn(ctx),
         observations,
         observers,
     };
-    let result = match command.timeout_mode {
-        TimeoutMode::Cooperative => (&mut scoped).await,
-        // Boxed: its timers would otherwise make every dispatch's future larger.
-        TimeoutMode::Hard { grace } => {
-            match Box::pin(hard_timeout(&mut scoped, deadline, shared, grace)).await {
-                Some(result) => result,
-                None => {
-                    return Err(match shared.cancel_reason() {
-                        Some(reason) => Attempt::Cancelled(reason, None),
-                        None => Attempt::TimedOut(None),
-                    });
-                }
-            }
-        }
-    };
-    match result {
+    match hard_timeout(&mut scoped, deadline, &shared, grace).await {
+        Some(handled) => attempt_outcome(handled, deadline, slot),
+        None => Err(match shared.cancel_reason() {
+            Some(reason) => Attempt::Cancelled(reason, None),
+            None => Attempt::TimedOut(None),
+        }),
+    }
+}
+
+/// What a handler that ran to completion (or panicked) means for its attempt.
+fn attempt_outcome(
+    handled: Handled,
+    deadline: Option<Instant>,
+    slot: SlotRef<'_>,
+) -> Result<CommandResponse, Attempt> {
+    match handled {
         Err(payload) => Err(Attempt::Panicked(payload)),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(err)) => {
             let err: Cause = Arc::from(err);
-            Err(if let Some(reason) = shared.cancel_reason() {
+            Err(if let Some(reason) = slot.shared().cancel_reason() {
                 Attempt::Cancelled(reason, Some(err))
             } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 Attempt::TimedOut(Some(err))
@@ -841,7 +909,7 @@ async fn hard_timeout(
     deadline: Option<Instant>,
     shared: &DispatchShared,
     grace: Duration,
-) -> Option<<Scoped<'static> as Future>::Output> {
+) -> Option<Handled> {
     tokio::select! {
         biased;
         result = &mut *scoped => Some(result),
@@ -882,11 +950,25 @@ struct Scoped<'a> {
 
 type Polled = Result<Poll<Result<CommandResponse, BoxError>>, Payload>;
 
+/// A handler's result, or the payload of its panic.
+type Handled = Result<Result<CommandResponse, BoxError>, Payload>;
+
 impl Future for Scoped<'_> {
-    type Output = Result<Result<CommandResponse, BoxError>, Payload>;
+    type Output = Handled;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        let Some(observations) = this.observations.filter(|o| !o.is_empty()) else {
+            // No observation scope (the usual case): one poll under panic capture, its result
+            // passed on as is.
+            return match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                this.future.as_mut().poll(cx)
+            })) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(result)) => Poll::Ready(Ok(result)),
+                Err(payload) => Poll::Ready(Err(payload)),
+            };
+        };
         let mut polled: Option<Polled> = None;
         {
             let future = &mut this.future;
@@ -899,15 +981,10 @@ impl Future for Scoped<'_> {
                     })));
                 }
             };
-            match this.observations.filter(|o| !o.is_empty()) {
-                None => poll_once(),
-                Some(observations) => {
-                    // An observer that panics in its scope is contained and counted; the
-                    // handler is still polled exactly once (below, if the scope never did).
-                    for _ in 0..observations.in_scope(&mut poll_once) {
-                        this.observers.count_panic();
-                    }
-                }
+            // An observer that panics in its scope is contained and counted; the handler is
+            // still polled exactly once (below, if the scope never did).
+            for _ in 0..observations.in_scope(&mut poll_once) {
+                this.observers.count_panic();
             }
         }
         let polled = match polled {

@@ -76,7 +76,7 @@ pub(crate) struct DispatchState {
     /// The running incarnation's context (without deadline), handed to its commands. Each shard
     /// has its own allocation, so that the reference counts of dispatches on different threads
     /// live on different cache lines.
-    pub(crate) ctx: Option<Arc<WorkerContext>>,
+    pub(crate) ctx: Option<Arc<ShardContext>>,
     slots: Vec<Option<InFlightSlot>>,
     free: Vec<usize>,
     /// In flight through this shard, across every incarnation.
@@ -129,6 +129,13 @@ impl DispatchState {
         }
     }
 }
+
+/// A shard's copy of the running incarnation's context, on cache lines of its own: every
+/// dispatch through the shard writes its reference count, and an allocation that shared a
+/// line with another shard's hot data (the allocator places the copies, made one after the
+/// other, side by side with the shards' name copies) would bounce that line between threads.
+#[repr(align(128))]
+pub(crate) struct ShardContext(pub(crate) WorkerContext);
 
 /// One shard of a worker's dispatch state, on cache lines of its own.
 #[repr(align(128))]
@@ -316,6 +323,18 @@ impl WorkerCommands {
         }
     }
 
+    /// The position in `sorted` of the command named `name`. A worker has few commands: up to
+    /// eight are found by comparing names in place, without hashing.
+    pub(crate) fn position(&self, name: &str) -> Option<usize> {
+        if self.sorted.len() <= 8 {
+            return self
+                .sorted
+                .iter()
+                .position(|c| crate::name::same_name(&c.name, name));
+        }
+        self.by_name.get(name).copied()
+    }
+
     /// The calling thread's shard, and its index.
     pub(crate) fn local_shard(&self) -> (usize, &Shard) {
         let index = thread_hint() & (self.shards.len() - 1);
@@ -368,9 +387,8 @@ impl WorkerCommands {
 
     /// Stores the context the running incarnation's commands get (one copy per shard).
     pub(crate) fn set_context(&self, ctx: &WorkerContext) {
-        let mut copies = Spread::default().copies(self.shards.len(), || Arc::new(ctx.clone()));
         for shard in &self.shards {
-            shard.lock().ctx = copies.pop();
+            shard.lock().ctx = Some(Arc::new(ShardContext(ctx.clone())));
         }
     }
 
@@ -437,10 +455,18 @@ impl WorkerCommands {
         }
     }
 
+    /// The shared state of the dispatch in slot `position` of shard `index`, if it is there.
+    pub(crate) fn slot_shared(&self, index: usize, position: usize) -> Option<Arc<DispatchShared>> {
+        let st = self.shards[index].lock();
+        let slot = st.slots.get(position)?.as_ref()?;
+        Some(Arc::clone(&slot.shared))
+    }
+
     /// Releases a dispatch's slot in shard `index`, and wakes whoever waits for capacity or
     /// idleness.
     pub(crate) fn release(&self, index: usize, position: usize) {
-        {
+        // Dropped after the lock: it may be the last reference to the dispatch's shared state.
+        let slot = {
             let mut st = self.shards[index].lock();
             let Some(slot) = st.slots.get_mut(position).and_then(Option::take) else {
                 return;
@@ -457,7 +483,9 @@ impl WorkerCommands {
             }
             st.total -= 1;
             st.free.push(position);
-        }
+            slot
+        };
+        drop(slot);
         if self.waiting.load(Ordering::SeqCst) > 0 || self.idle_waiters.load(Ordering::SeqCst) > 0 {
             self.released.notify_waiters();
         }

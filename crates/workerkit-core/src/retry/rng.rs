@@ -26,6 +26,11 @@ impl JitterRng {
         Self::seeded(hasher.finish())
     }
 
+    /// The current state (a generator seeded with it continues the sequence).
+    pub(crate) const fn state(&self) -> u64 {
+        self.state
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);

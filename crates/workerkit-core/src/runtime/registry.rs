@@ -62,7 +62,9 @@ impl Table {
             let entry = self.slots[index].get()?;
             // A removed worker's entry stays as a tombstone: the probe goes on past it (its
             // name may have been registered again, further along).
-            if *entry.local == *name && !entry.removed.load(std::sync::atomic::Ordering::Acquire) {
+            if crate::name::same_name(&entry.local, name)
+                && !entry.removed.load(std::sync::atomic::Ordering::Acquire)
+            {
                 return Some(entry);
             }
             index = (index + 1) & self.mask();

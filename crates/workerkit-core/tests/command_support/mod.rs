@@ -148,8 +148,8 @@ pub(crate) fn plain() -> Runtime {
 /// Dispatches `worker`/`name` in a spawned task.
 pub(crate) fn dispatch_in_background(
     rt: &Runtime,
-    worker: &str,
-    name: &str,
+    worker: &'static str,
+    name: &'static str,
 ) -> tokio::task::JoinHandle<Result<CommandResult, DispatchError>> {
     let rt = rt.clone();
     let request = CommandRequest::new(worker, name);
