@@ -334,7 +334,7 @@ async fn a_rejected_request_comes_back_as_it_was_sent() {
 
     rt.start_all().await.unwrap();
     let out = rt.dispatch(back).await.unwrap();
-    assert_eq!(&*out.worker, "rt/w");
+    assert_eq!(&**out.worker(), "rt/w");
 }
 
 #[tokio::test(start_paused = true)]
@@ -362,8 +362,8 @@ async fn a_qualified_target_resolves_and_results_carry_registration_owned_names(
         .await
         .unwrap();
     for result in [&local, &qualified] {
-        assert_eq!(&*result.worker, "rt/w");
-        assert_eq!(&*result.name, "queue/drain");
+        assert_eq!(&**result.worker(), "rt/w");
+        assert_eq!(&**result.name(), "queue/drain");
         assert_eq!(result.attempts, 1);
         assert_eq!(result.result, CommandResponse::message("done"));
     }
@@ -1215,7 +1215,7 @@ async fn many_workers_and_commands_dispatch_independently() {
             .await
             .unwrap();
         assert_eq!(out.result.message, Some(format!("value \"{w}\"")));
-        assert_eq!(&*out.worker, format!("rt/{w}"));
+        assert_eq!(&**out.worker(), format!("rt/{w}"));
     }
 }
 

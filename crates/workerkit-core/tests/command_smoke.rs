@@ -54,7 +54,7 @@ async fn dispatch_runs_the_handler_and_distinguishes_null_from_absent() {
     let absent = rt.dispatch(CommandRequest::new("w", "echo")).await.unwrap();
     assert_eq!(absent.result.payload, None);
     assert_eq!(absent.result.message.as_deref(), Some("attempt 1"));
-    assert_eq!(&*absent.worker, "rt/w");
+    assert_eq!(&**absent.worker(), "rt/w");
     assert_ne!(absent.id, with_null.id);
 }
 

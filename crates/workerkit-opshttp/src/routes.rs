@@ -246,8 +246,8 @@ pub(crate) async fn post_dispatch<R: Dispatch>(
         match s.runtime.dispatch(request).await {
             Ok(done) => Ok(ok(DispatchView {
                 id: done.id,
-                worker: done.worker,
-                name: done.name,
+                worker: Arc::clone(done.worker()),
+                name: Arc::clone(done.name()),
                 attempts: done.attempts,
                 result: ResultView {
                     message: done.result.message,

@@ -1,5 +1,6 @@
 //! What a dispatch returns.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,20 +12,79 @@ use crate::lifecycle::LifecycleState;
 use crate::name::NameError;
 
 /// A successful dispatch.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+///
+/// Serialized as `{"id", "worker", "name", "result"}` (the Go shape; `attempts` is left out).
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct CommandResult {
     /// The dispatch id.
     pub id: DispatchId,
-    /// The qualified worker name.
-    pub worker: Arc<str>,
-    /// The command name.
-    pub name: Arc<str>,
+    /// The worker and the command (one allocation shared by the command's results: a result
+    /// costs one reference count, not one per name).
+    target: Arc<CommandTarget>,
     /// Handler attempts run.
-    #[serde(skip)]
     pub attempts: u32,
     /// What the handler returned.
     pub result: CommandResponse,
+}
+
+/// The qualified worker name and the command name of a [`CommandResult`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct CommandTarget {
+    pub(crate) worker: Arc<str>,
+    pub(crate) name: Arc<str>,
+}
+
+impl CommandResult {
+    pub(crate) fn new(
+        id: DispatchId,
+        target: Arc<CommandTarget>,
+        attempts: u32,
+        result: CommandResponse,
+    ) -> Self {
+        Self {
+            id,
+            target,
+            attempts,
+            result,
+        }
+    }
+
+    /// The qualified worker name (`runtime/worker`).
+    #[must_use]
+    pub fn worker(&self) -> &Arc<str> {
+        &self.target.worker
+    }
+
+    /// The command name.
+    #[must_use]
+    pub fn name(&self) -> &Arc<str> {
+        &self.target.name
+    }
+}
+
+impl fmt::Debug for CommandResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommandResult")
+            .field("id", &self.id)
+            .field("worker", &self.target.worker)
+            .field("name", &self.target.name)
+            .field("attempts", &self.attempts)
+            .field("result", &self.result)
+            .finish()
+    }
+}
+
+impl serde::Serialize for CommandResult {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("CommandResult", 4)?;
+        out.serialize_field("id", &self.id)?;
+        out.serialize_field("worker", &*self.target.worker)?;
+        out.serialize_field("name", &*self.target.name)?;
+        out.serialize_field("result", &self.result)?;
+        out.end()
+    }
 }
 
 /// Which concurrency limit was full.

@@ -160,16 +160,15 @@ pub(crate) async fn dispatch(
                 record_duration(inner, entry, command, began);
                 let attempts = guard.attempts;
                 guard.finish(CommandOutcome::Succeeded, None, None);
-                // The shard's own copies of the names: their reference counts are not written
-                // by dispatches on other threads.
-                let names = entry.commands.shard(shard);
-                return Ok(CommandResult {
+                // The shard's own copy of the names: its reference count is not written by
+                // dispatches on other threads.
+                let target = &entry.commands.shard(shard).targets[position];
+                return Ok(CommandResult::new(
                     id,
-                    worker: Arc::clone(&names.worker),
-                    name: Arc::clone(&names.names[position]),
+                    Arc::clone(target),
                     attempts,
-                    result: response,
-                });
+                    response,
+                ));
             }
             Err(failed) => failed,
         };

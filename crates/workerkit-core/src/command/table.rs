@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use super::error::CommandTarget;
 use super::handler::{DispatchShared, DynHandler};
 use super::{AdmissionMode, CommandInfo, TimeoutMode};
 use crate::lifecycle::LifecycleState;
@@ -141,11 +142,10 @@ pub(crate) struct ShardContext(pub(crate) WorkerContext);
 #[repr(align(128))]
 pub(crate) struct Shard {
     state: Mutex<DispatchState>,
-    /// This shard's own copies of the qualified worker name and of the command names (by
-    /// position in `WorkerCommands::sorted`), for the dispatch results: their reference counts
-    /// are written by every dispatch, so each shard has its own allocations.
-    pub(crate) worker: Arc<str>,
-    pub(crate) names: Box<[Arc<str>]>,
+    /// This shard's own copies of the worker and command names of each command (by position
+    /// in `WorkerCommands::sorted`), for the dispatch results: their reference counts are
+    /// written by every dispatch, so each shard has its own allocations.
+    pub(crate) targets: Box<[Arc<CommandTarget>]>,
 }
 
 impl Shard {
@@ -191,6 +191,14 @@ fn thread_hint() -> usize {
 /// the other often share a line (a short name's `Arc<str>` is 32 bytes). A copy that lands on a
 /// line (pair) already used is kept aside, so that the next one lands elsewhere; the ones kept
 /// aside are freed at the end.
+/// A result's names: one allocation (the names themselves are shared).
+fn target(worker: &Arc<str>, name: &Arc<str>) -> Arc<CommandTarget> {
+    Arc::new(CommandTarget {
+        worker: Arc::clone(worker),
+        name: Arc::clone(name),
+    })
+}
+
 #[derive(Default)]
 struct Spread {
     lines: Vec<usize>,
@@ -279,8 +287,7 @@ impl WorkerCommands {
                 by_name,
                 shards: Box::new([Shard {
                     state: Mutex::new(DispatchState::new()),
-                    worker: Arc::clone(worker),
-                    names: sorted.iter().map(|c| Arc::clone(&c.name)).collect(),
+                    targets: sorted.iter().map(|c| target(worker, &c.name)).collect(),
                 }]),
                 sorted,
                 concurrency,
@@ -293,19 +300,17 @@ impl WorkerCommands {
             };
         }
         let mut spread = Spread::default();
-        let mut workers = spread.copies(shards, || Arc::<str>::from(&**worker));
-        let mut names: Vec<Vec<Arc<str>>> = sorted
+        let mut targets: Vec<Vec<Arc<CommandTarget>>> = sorted
             .iter()
-            .map(|c| spread.copies(shards, || Arc::from(&*c.name)))
+            .map(|c| spread.copies(shards, || target(worker, &c.name)))
             .collect();
         let shards = (0..shards)
             .map(|_| Shard {
                 state: Mutex::new(DispatchState::new()),
-                worker: workers.pop().unwrap_or_else(|| Arc::clone(worker)),
-                names: names
+                targets: targets
                     .iter_mut()
                     .zip(&sorted)
-                    .map(|(copies, c)| copies.pop().unwrap_or_else(|| Arc::clone(&c.name)))
+                    .map(|(copies, c)| copies.pop().unwrap_or_else(|| target(worker, &c.name)))
                     .collect(),
             })
             .collect();
