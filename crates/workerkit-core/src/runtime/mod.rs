@@ -96,7 +96,12 @@ impl Inner {
             let open = st.admission_open();
             let word =
                 u8::try_from(st.runtime_state.index()).unwrap_or(0) | if open { 0x80 } else { 0 };
-            let before = self.admission.swap(word, Ordering::SeqCst);
+            // Written only here, under the state lock: a plain load reads the last store, and
+            // the store (a locked write) is skipped when nothing changed, as in most changes.
+            let before = self.admission.load(Ordering::Relaxed);
+            if before != word {
+                self.admission.store(word, Ordering::SeqCst);
+            }
             if before & 0x80 != 0 && !open {
                 // Admission just closed: dispatches waiting for a slot can never be admitted
                 // now; wake them to be rejected at once.

@@ -72,6 +72,11 @@ impl Shared {
                 return;
             }
             finished.await;
+            // Checked at once: the usual wake-up is the run's end, and registering again to
+            // find that out would cost a second registration.
+            if !self.is_running() {
+                return;
+            }
         }
     }
 }
