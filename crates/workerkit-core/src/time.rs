@@ -3,9 +3,8 @@
 //! Deadlines and timers use tokio's clock; wall-clock time is read in one place, [`Timestamp::now`],
 //! and used only to stamp status and events.
 
-use std::cell::Cell;
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A wall-clock instant, serialized as RFC 3339 in UTC with nanoseconds and trailing zeros
 /// trimmed (`2026-11-22T19:23:43.207807057Z`), as Go's `time.Time` is.
@@ -17,55 +16,6 @@ impl Timestamp {
     #[must_use]
     pub fn now() -> Self {
         Self(SystemTime::now())
-    }
-
-    /// The wall-clock time at `now`, a monotonic instant the caller has just read: derived from
-    /// a wall-clock reading of this thread's made at most [`REANCHOR`] earlier (and at most
-    /// [`MAX_USES`] derivations ago), so that a hot path that needs both clocks reads only one.
-    ///
-    /// The derivation is as exact as the clocks: the kernel slews the monotonic and the wall
-    /// clock alike, so only a step of the wall clock (e.g. set by hand) shows up late, by at
-    /// most `REANCHOR`. The anchor pairs the caller's monotonic reading with a wall-clock
-    /// reading taken after it, so a derived time is never earlier than a wall-clock reading
-    /// taken before `now` (it is later than the true time by the gap between the two readings,
-    /// at most [`MAX_SKEW`]). A `now` that is not this thread's real clock, just read (a paused
-    /// test clock, a reading delayed by preemption), or that did not advance since the anchor,
-    /// gets a plain wall-clock reading.
-    ///
-    /// Returns the time and its [Unix milliseconds](Self::unix_millis), which the anchor makes
-    /// cheap to derive as well.
-    pub(crate) fn at_instant(now: Instant) -> (Self, u64) {
-        thread_local! {
-            static ANCHOR: Cell<Option<Anchor>> = const { Cell::new(None) };
-        }
-        ANCHOR.with(|cell| {
-            if let Some(mut anchor) = cell.get() {
-                let since = now.saturating_duration_since(anchor.mono);
-                if !since.is_zero() && since < REANCHOR && anchor.uses < MAX_USES {
-                    anchor.uses += 1;
-                    cell.set(Some(anchor));
-                    // `since` is below a millisecond: its nanoseconds are all of it.
-                    let nanos = u64::from(anchor.wall_sub_ms) + u64::from(since.subsec_nanos());
-                    return (
-                        Self(anchor.wall + since),
-                        anchor.wall_ms + nanos / 1_000_000,
-                    );
-                }
-            }
-            let wall = Self(SystemTime::now());
-            let since_epoch = wall.since_epoch();
-            let fresh = Instant::now()
-                .checked_duration_since(now)
-                .is_some_and(|gap| gap <= MAX_SKEW);
-            cell.set(fresh.then_some(Anchor {
-                mono: now,
-                wall: wall.0,
-                wall_ms: millis_of(since_epoch),
-                wall_sub_ms: since_epoch.subsec_nanos() % 1_000_000,
-                uses: 0,
-            }));
-            (wall, millis_of(since_epoch))
-        })
     }
 
     /// Milliseconds since the Unix epoch (0 before it).
@@ -87,24 +37,6 @@ impl Timestamp {
     pub fn as_system_time(self) -> SystemTime {
         self.0
     }
-}
-
-/// How long a thread's wall-clock anchor serves [`Timestamp::at_instant`].
-const REANCHOR: Duration = Duration::from_millis(1);
-/// How many derivations an anchor serves at most (a bound for a clock that barely advances).
-const MAX_USES: u32 = 4096;
-/// The largest gap between the caller's monotonic reading and the anchor's wall-clock reading.
-const MAX_SKEW: Duration = Duration::from_micros(20);
-
-/// A monotonic instant and the wall-clock time read just after it.
-#[derive(Clone, Copy)]
-struct Anchor {
-    mono: Instant,
-    wall: SystemTime,
-    /// `wall` in Unix milliseconds, and the nanoseconds past that millisecond.
-    wall_ms: u64,
-    wall_sub_ms: u32,
-    uses: u32,
 }
 
 fn millis_of(since_epoch: Duration) -> u64 {
@@ -182,33 +114,6 @@ mod tests {
         // A leap day.
         assert_eq!(at(951_782_400, 0), "2000-02-29T00:00:00Z");
         assert_eq!(at(4_102_444_799, 10), "2099-12-31T23:59:59.00000001Z");
-    }
-
-    #[test]
-    fn a_derived_time_lies_between_wall_clock_readings_around_it() {
-        for _ in 0..10_000 {
-            let before = SystemTime::now();
-            let (derived, millis) = Timestamp::at_instant(Instant::now());
-            let after = SystemTime::now();
-            assert_eq!(millis, derived.unix_millis());
-            let derived = derived.0;
-            assert!(before <= derived, "{before:?} > {derived:?}");
-            assert!(derived <= after + MAX_SKEW, "{derived:?} > {after:?}");
-        }
-    }
-
-    #[test]
-    fn an_instant_that_is_not_fresh_gets_a_plain_reading() {
-        let stale = Instant::now()
-            .checked_sub(Duration::from_millis(2))
-            .expect("the monotonic clock is past 2 ms");
-        let before = SystemTime::now();
-        let derived = Timestamp::at_instant(stale).0.0;
-        assert!(before <= derived, "{before:?} > {derived:?}");
-        // And it does not anchor: a later derivation is not based on it.
-        let before = SystemTime::now();
-        let derived = Timestamp::at_instant(Instant::now()).0.0;
-        assert!(before <= derived, "{before:?} > {derived:?}");
     }
 
     #[test]

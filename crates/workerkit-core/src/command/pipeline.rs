@@ -335,15 +335,11 @@ fn begin(
     mut request: CommandRequest,
     began: Instant,
 ) -> Result<Begun<'_>, DispatchError> {
-    // One clock read per dispatch without observers: the wall-clock time (the request's stamp,
-    // the id's millisecond) is derived from the monotonic one. Observers get a reading of their
-    // own, which their end event's reading (`ended_at`) can never precede.
-    let (started_at, millis) = if inner.observers.is_empty() {
-        Timestamp::at_instant(began.into_std())
-    } else {
-        let now = Timestamp::now();
-        (now, now.unix_millis())
-    };
+    // The wall-clock time (the request's stamp, the id's millisecond) is a reading of its own:
+    // derived from the monotonic reading, it would go stale across a system suspend (the
+    // monotonic clock stops, the wall clock does not) and under a paused test clock.
+    let started_at = Timestamp::now();
+    let millis = started_at.unix_millis();
     request.stamp(started_at);
 
     // Resolve. Names are validated only on a miss: a hit is valid by construction. Nothing is

@@ -186,11 +186,6 @@ fn thread_hint() -> usize {
     })
 }
 
-/// Makes copies of shared values whose reference counts are on cache lines of their own: the
-/// copies of different shards are written by different threads, and allocations made one after
-/// the other often share a line (a short name's `Arc<str>` is 32 bytes). A copy that lands on a
-/// line (pair) already used is kept aside, so that the next one lands elsewhere; the ones kept
-/// aside are freed at the end.
 /// A result's names: one allocation (the names themselves are shared).
 fn target(worker: &Arc<str>, name: &Arc<str>) -> Arc<CommandTarget> {
     Arc::new(CommandTarget {
@@ -199,6 +194,11 @@ fn target(worker: &Arc<str>, name: &Arc<str>) -> Arc<CommandTarget> {
     })
 }
 
+/// Makes copies of shared values whose reference counts are on cache lines of their own: the
+/// copies of different shards are written by different threads, and allocations made one after
+/// the other often share a line (a result's `Arc<CommandTarget>` is 48 bytes). A copy that lands on a
+/// line (pair) already used is kept aside, so that the next one lands elsewhere; the ones kept
+/// aside are freed at the end.
 #[derive(Default)]
 struct Spread {
     lines: Vec<usize>,
