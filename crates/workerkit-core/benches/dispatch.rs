@@ -92,18 +92,7 @@ fn main() {
     }
 
     let cpu_before = CpuTicks::read();
-    let mut criterion = if quick {
-        Criterion::default()
-            .sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(1))
-    } else {
-        Criterion::default()
-            .sample_size(30)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3))
-    }
-    .configure_from_args();
+    let mut criterion = common::criterion(quick);
     let plan = if quick { Plan::QUICK } else { Plan::NORMAL };
     criterion_benches(&mut criterion, &bench, plan.k);
     criterion.final_summary();

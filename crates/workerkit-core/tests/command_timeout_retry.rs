@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use command_support::{
-    DropFlag, Gate, command, dispatch_in_background, failing, idle, plain, quiet_expected_panics,
-    start_with, until_cancelled,
+    DropFlag, Gate, attempts, attempts_of, command, dispatch_in_background, failing, idle, plain,
+    quiet_expected_panics, start_with, until_cancelled,
 };
 use support::{recorded, within};
 use tokio::time::Instant;
@@ -27,21 +27,6 @@ use workerkit_core::{
 
 fn req() -> CommandRequest {
     CommandRequest::new("w", "c")
-}
-
-fn attempts(n: u32) -> RetryPolicy {
-    RetryPolicy::attempts(n).unwrap()
-}
-
-/// How many attempts an admitted dispatch ran.
-fn attempts_of(err: &DispatchError) -> u32 {
-    match err {
-        DispatchError::Failed { attempts, .. }
-        | DispatchError::TimedOut { attempts, .. }
-        | DispatchError::Panicked { attempts, .. }
-        | DispatchError::Cancelled { attempts, .. } => *attempts,
-        other => panic!("expected an admitted failure, got {other:?}"),
-    }
 }
 
 /// A handler that fails its first `failures` attempts with `text`, then succeeds; it records

@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use command_support::{
-    DropFlag, Gate, command, gated, idle, plain, quiet_expected_panics, start_with, until_cancelled,
+    DropFlag, Gate, attempts, attempts_of, command, gated, idle, plain, quiet_expected_panics,
+    start_with, until_cancelled,
 };
 use serde_json::json;
 use support::{settle, spawn, within};
@@ -30,7 +31,7 @@ use workerkit_core::command::{
 };
 use workerkit_core::failure::BoxError;
 use workerkit_core::observe::CommandOutcome;
-use workerkit_core::retry::{Backoff, RetryPolicy};
+use workerkit_core::retry::Backoff;
 use workerkit_core::test_util::RecordingObserver;
 use workerkit_core::{CommandRequest, CommandResponse, Runtime, Timestamp, handler_fn};
 
@@ -65,20 +66,6 @@ fn let_real_time_pass(d: Duration) {
     let until = std::time::Instant::now() + d;
     while std::time::Instant::now() < until {
         std::hint::spin_loop();
-    }
-}
-
-fn attempts(n: u32) -> RetryPolicy {
-    RetryPolicy::attempts(n).unwrap()
-}
-
-fn attempts_of(err: &DispatchError) -> u32 {
-    match err {
-        DispatchError::Failed { attempts, .. }
-        | DispatchError::TimedOut { attempts, .. }
-        | DispatchError::Panicked { attempts, .. }
-        | DispatchError::Cancelled { attempts, .. } => *attempts,
-        other => panic!("expected an admitted failure, got {other:?}"),
     }
 }
 

@@ -33,7 +33,7 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant, SystemTime};
 
-use criterion::{Criterion, Throughput};
+use criterion::Throughput;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::metrics::{Counter, Histogram, MeterProvider as _, UpDownCounter};
 use opentelemetry::trace::{
@@ -315,18 +315,7 @@ fn main() {
     }
 
     let cpu_before = CpuTicks::read();
-    let mut criterion = if quick {
-        Criterion::default()
-            .sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(1))
-    } else {
-        Criterion::default()
-            .sample_size(30)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3))
-    }
-    .configure_from_args();
+    let mut criterion = common::criterion(quick);
     let mut group = criterion.benchmark_group("otel_overhead");
     group.throughput(Throughput::Elements(1));
     for op in Op::ALL {

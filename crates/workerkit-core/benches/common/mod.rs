@@ -1,8 +1,9 @@
-//! What the benches share (every crate's, through `#[path]`): the machine-load reading and the report
-//! format of `xtask bench`.
+//! What the benches share (every crate's, through `#[path]`): the machine-load reading, the
+//! criterion settings of the in-process benches, and the report format of `xtask bench`.
 #![allow(dead_code)] // Each bench uses part of it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -122,4 +123,22 @@ pub(crate) fn write_report(file: &str, scenarios: &[Scenario]) -> PathBuf {
     .expect("serialise the report");
     std::fs::write(&path, json + "\n").expect("write the report");
     path
+}
+
+/// Criterion for the benches whose operations take nanoseconds to microseconds: short with
+/// `quick` (`WORKERKIT_BENCH_QUICK=1`), then overridden by criterion's own command line.
+pub(crate) fn criterion(quick: bool) -> criterion::Criterion {
+    let criterion = criterion::Criterion::default();
+    if quick {
+        criterion
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1))
+    } else {
+        criterion
+            .sample_size(30)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3))
+    }
+    .configure_from_args()
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Once};
 use tokio::sync::{Semaphore, watch};
 use workerkit_core::command::{CommandHandler, CommandResult, DispatchError};
 use workerkit_core::failure::BoxError;
+use workerkit_core::retry::RetryPolicy;
 use workerkit_core::{
     CommandRequest, CommandResponse, CommandSpec, Runtime, WorkerSpec, handler_fn, worker_fn,
 };
@@ -208,4 +209,20 @@ pub(crate) fn source_chain(err: &(dyn std::error::Error + 'static)) -> Vec<Strin
         current = e.source();
     }
     chain
+}
+
+/// A retry policy of `n` attempts (defaults otherwise).
+pub(crate) fn attempts(n: u32) -> RetryPolicy {
+    RetryPolicy::attempts(n).unwrap()
+}
+
+/// How many attempts an admitted dispatch ran.
+pub(crate) fn attempts_of(err: &DispatchError) -> u32 {
+    match err {
+        DispatchError::Failed { attempts, .. }
+        | DispatchError::TimedOut { attempts, .. }
+        | DispatchError::Panicked { attempts, .. }
+        | DispatchError::Cancelled { attempts, .. } => *attempts,
+        other => panic!("expected an admitted failure, got {other:?}"),
+    }
 }
