@@ -327,6 +327,29 @@ async fn r2b_a_worker_failed_by_a_command_panic_is_not_reported_stalled() {
 
 // ---- Finding 3 -----------------------------------------------------------------------------
 
+/// Starts `w`, fails its first incarnation through `probe`, and returns the streamed
+/// transition of `w` to `restarting`.
+async fn start_fail_and_stream_restarting(
+    rt: &Runtime,
+    probe: &Probe,
+) -> workerkit_core::observe::StreamEvent {
+    let mut events = rt.events();
+    rt.start("w").await.unwrap();
+    probe
+        .ctx(0)
+        .report_failure(std::io::Error::other("boom"))
+        .unwrap();
+    within(async {
+        loop {
+            let e = events.recv().await.expect("open");
+            if e.worker.is_some() && e.to == LifecycleState::Restarting {
+                break e;
+            }
+        }
+    })
+    .await
+}
+
 /// docs/supervision.md, events: the event stream's `reason` is "the public failure code for a
 /// transition to `restarting` or `failed`". `Inner::stream_transition` computes it at delivery
 /// with `State::last_failure_code`, which looks the worker up *by qualified name* and takes the
@@ -345,21 +368,7 @@ async fn r3_the_event_stream_reason_survives_remove_and_reregister() {
     let second = Probe::default();
     rt.register(WorkerSpec::new("w", second.clone()).restart(constant(1000)))
         .unwrap();
-    let mut events = rt.events();
-    rt.start("w").await.unwrap();
-    second
-        .ctx(0)
-        .report_failure(std::io::Error::other("boom"))
-        .unwrap();
-    let restarting = within(async {
-        loop {
-            let e = events.recv().await.expect("open");
-            if e.worker.is_some() && e.to == LifecycleState::Restarting {
-                break e;
-            }
-        }
-    })
-    .await;
+    let restarting = start_fail_and_stream_restarting(&rt, &second).await;
     assert_eq!(
         restarting.reason.as_deref(),
         Some("worker_failed"),
@@ -374,21 +383,7 @@ async fn r3_control_the_reason_is_streamed_without_a_tombstone() {
     let second = Probe::default();
     rt.register(WorkerSpec::new("w", second.clone()).restart(constant(1000)))
         .unwrap();
-    let mut events = rt.events();
-    rt.start("w").await.unwrap();
-    second
-        .ctx(0)
-        .report_failure(std::io::Error::other("boom"))
-        .unwrap();
-    let restarting = within(async {
-        loop {
-            let e = events.recv().await.expect("open");
-            if e.worker.is_some() && e.to == LifecycleState::Restarting {
-                break e;
-            }
-        }
-    })
-    .await;
+    let restarting = start_fail_and_stream_restarting(&rt, &second).await;
     assert_eq!(restarting.reason.as_deref(), Some("worker_failed"));
 }
 
