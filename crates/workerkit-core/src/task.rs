@@ -83,6 +83,21 @@ impl Signal {
         }
     }
 
+    /// Fires the signal without waking its waiters yet: whoever fires it this way must call
+    /// [`wake_waiters`](Self::wake_waiters) afterwards. A waiter that checks the signal sees it
+    /// fired at once; one already waiting wakes at `wake_waiters`. Lets a stop join a loop that
+    /// waits on this signal inline, before the wake-up would schedule the loop's task.
+    pub(crate) fn fire_quietly(&self) {
+        self.0
+            .fired
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Wakes everything waiting on the signal (after [`fire_quietly`](Self::fire_quietly)).
+    pub(crate) fn wake_waiters(&self) {
+        self.0.notify.notify_waiters();
+    }
+
     pub(crate) fn is_cancelled(&self) -> bool {
         self.0.fired.load(std::sync::atomic::Ordering::Acquire)
     }

@@ -73,8 +73,14 @@ impl<F: std::future::Future + Unpin> std::future::Future for FlushOnWait<F> {
 }
 
 /// Runs worker code under panic capture and an optional deadline (the future is dropped then).
-/// Worker code that finishes at its first poll never arms the timer.
-async fn guarded<F>(deadline: Option<Instant>, timer: &mut Deadline, future: F) -> Outcome
+/// Worker code that finishes at its first poll never arms the timer. `first_polled` runs right
+/// after the first poll, whatever it returned.
+async fn guarded<F>(
+    deadline: Option<Instant>,
+    timer: &mut Deadline,
+    future: F,
+    first_polled: impl FnOnce(),
+) -> Outcome
 where
     F: std::future::Future<Output = Result<(), BoxError>> + Unpin,
 {
@@ -86,6 +92,7 @@ where
         })
     })
     .await;
+    first_polled();
     let result = match (first, deadline) {
         (Some(result), _) => Some(result),
         (None, None) => Some((&mut future).await),
@@ -339,7 +346,7 @@ pub(super) async fn start(
                 stopped,
                 stop_deadline,
             );
-            let _ = guarded(stop_deadline, timer, previous.stop_dyn(old)).await;
+            let _ = guarded(stop_deadline, timer, previous.stop_dyn(old), || {}).await;
         }
         if let Some(factory) = &entry.factory {
             // The factory, and dropping the previous instance, are worker code: catch panics.
@@ -352,7 +359,7 @@ pub(super) async fn start(
         }
         match (made, slot.as_mut()) {
             (Outcome::Ok, Some(worker)) => {
-                guarded(deadline, timer, worker.start_dyn(ctx.clone())).await
+                guarded(deadline, timer, worker.start_dyn(ctx.clone()), || {}).await
             }
             (Outcome::Ok, None) => Outcome::Err("worker instance unavailable".into()),
             (other, _) => other,
@@ -542,7 +549,7 @@ pub(super) async fn reap(inner: &Arc<Inner>, idx: usize, incarnation: u64, timer
     let outcome = {
         let mut slot = entry.slot.lock().await;
         let outcome = match slot.as_mut() {
-            Some(worker) => guarded(deadline, timer, worker.stop_dyn(ctx)).await,
+            Some(worker) => guarded(deadline, timer, worker.stop_dyn(ctx), || {}).await,
             None => Outcome::Ok,
         };
         if matches!(outcome, Outcome::Ok) && entry.factory.is_some() {
@@ -633,7 +640,10 @@ pub(super) async fn stop(
         });
         st.set_ready(idx, false, now);
         let rec = &st.workers[idx];
-        rec.token.cancel();
+        // Fired quietly: its waiters wake once the worker's stop has been polled (or at the
+        // first wait before it, below). A loop worker joins its idle loop inline at that first
+        // poll, and the loop's task, never woken, is not handed back and forth with this one.
+        rec.token.fire_quietly();
         // The supervisor already stopped this (failed) incarnation before its restart was
         // cancelled: its `stop` is not called twice.
         let reaped = rec.sup.get().is_some_and(|s| s.reaped == rec.incarnation);
@@ -649,9 +659,11 @@ pub(super) async fn stop(
         Ok(begin) => begin,
         Err(err) => return (Err(err), None),
     };
+    let mut wake = WakeOnce(Some(token.clone()));
     let mut budget = budget;
     let mut now = now;
     if let Some(grace) = entry.commands.cancel_on_stop {
+        wake.now();
         // Admitted commands of this incarnation get `grace` to finish (never more than the
         // budget of a shutdown); the rest are cancelled. The grace spent comes out of the
         // budget left for the worker's own stop.
@@ -674,6 +686,7 @@ pub(super) async fn stop(
         .and_then(|mut slot| slot.take());
     if let Some(task) = check_task {
         // The check loop watches the stop signal, which has fired; it ends promptly.
+        wake.now();
         let _ = task.await;
         now = Instant::now();
     }
@@ -689,9 +702,12 @@ pub(super) async fn stop(
     let outcome = {
         let mut slot = entry.slot.lock().await;
         let outcome = match slot.as_mut() {
-            Some(worker) if !reaped => guarded(deadline, timer, worker.stop_dyn(ctx)).await,
+            Some(worker) if !reaped => {
+                guarded(deadline, timer, worker.stop_dyn(ctx), || wake.now()).await
+            }
             _ => Outcome::Ok,
         };
+        wake.now();
         if matches!(outcome, Outcome::Ok) && entry.factory.is_some() {
             // A factory worker's instance is done once it stopped; the next start makes anew.
             // Dropping it is worker code: a panic there is a panic of the stop.
@@ -738,6 +754,24 @@ pub(super) async fn stop(
     });
     let payload = payload.filter(|_| config.panic_policy == PanicPolicy::Propagate);
     (result, payload)
+}
+
+/// Wakes the waiters of a quietly fired stop signal ([`Signal::fire_quietly`]) once: at the
+/// first call of `now`, or when dropped.
+struct WakeOnce(Option<Signal>);
+
+impl WakeOnce {
+    fn now(&mut self) {
+        if let Some(signal) = self.0.take() {
+            signal.wake_waiters();
+        }
+    }
+}
+
+impl Drop for WakeOnce {
+    fn drop(&mut self) {
+        self.now();
+    }
 }
 
 /// Publishes an exit for `incarnation` unless one was already published for it.
@@ -938,27 +972,32 @@ async fn stop_every(
     inner: &Arc<Inner>,
     deadline: Option<Instant>,
 ) -> (Vec<String>, Vec<LifecycleError>, Option<Payload>) {
-    let mut stopped = Vec::new();
+    let states = snapshot_states(inner);
+    let mut stopped = Vec::with_capacity(states.len());
     let mut errors = Vec::new();
     let mut first_payload = None;
     let mut timer = Deadline::default();
-    for (idx, state) in snapshot_states(inner).into_iter().rev() {
-        if !state.can_stop() {
-            continue;
+    // The tasks of loops joined inline by their stops go together at the end.
+    crate::worker::deferred_loop_wakes(async {
+        for (idx, state) in states.into_iter().rev() {
+            if !state.can_stop() {
+                continue;
+            }
+            // Every worker gets at least a short floor, even once the stop phase's budget is
+            // spent, so one hung worker does not fail every worker stopped after it.
+            let now = Instant::now();
+            let budget = deadline.map(|d| d.saturating_duration_since(now).max(STOP_FLOOR));
+            let (result, payload) = stop(inner, idx, budget, now, &mut timer).await;
+            match result {
+                Ok(name) => stopped.push(String::from(&*name)),
+                Err(err) => errors.push(err),
+            }
+            if first_payload.is_none() {
+                first_payload = payload;
+            }
         }
-        // Every worker gets at least a short floor, even once the stop phase's budget is spent,
-        // so one hung worker does not fail every worker stopped after it.
-        let now = Instant::now();
-        let budget = deadline.map(|d| d.saturating_duration_since(now).max(STOP_FLOOR));
-        let (result, payload) = stop(inner, idx, budget, now, &mut timer).await;
-        match result {
-            Ok(name) => stopped.push(name.to_string()),
-            Err(err) => errors.push(err),
-        }
-        if first_payload.is_none() {
-            first_payload = payload;
-        }
-    }
+    })
+    .await;
     (stopped, errors, first_payload)
 }
 

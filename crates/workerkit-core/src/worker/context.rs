@@ -84,6 +84,12 @@ impl WorkerContext {
             })
     }
 
+    /// `(runtime id, worker index)`, the key of [`LOOP_OF`](crate::runtime::LOOP_OF) for this
+    /// worker's loop; `None` once the runtime is gone.
+    pub(crate) fn loop_key(&self) -> Option<(u64, usize)> {
+        self.inner.upgrade().map(|inner| (inner.id, self.idx))
+    }
+
     pub(crate) fn index(&self) -> usize {
         self.idx
     }

@@ -1,9 +1,12 @@
 //! `LoopWorker`: "run this loop until asked to stop".
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::failure::{self, BoxError, Failure, PanicError};
@@ -17,6 +20,9 @@ use crate::worker::{StopSignal, Worker, WorkerContext};
 pub const DEFAULT_CLEANUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 type LoopFn = Arc<dyn Fn(WorkerContext) -> BoxFuture<'static, Result<(), BoxError>> + Send + Sync>;
+type LoopFuture = BoxFuture<'static, Result<(), BoxError>>;
+/// How a loop ended: returned (with its result) or panicked (with the payload).
+type LoopEnd = Result<Result<(), BoxError>, Box<dyn Any + Send>>;
 
 /// Why a [`LoopWorker`] refused to start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -64,6 +70,9 @@ impl Shared {
 
     /// Completes once the current run's task has finished (at once if there is none).
     async fn wait_finished(&self) {
+        if !self.is_running() {
+            return;
+        }
         loop {
             let finished = self.finished.notified();
             tokio::pin!(finished);
@@ -81,30 +90,291 @@ impl Shared {
     }
 }
 
-/// Marks a run's task finished when dropped: when the task ends, or when it is dropped without
-/// ending (the tokio runtime shut down, or a batched launch that never happened).
-struct Finish(Arc<Shared>);
+/// A loop between polls.
+enum Body {
+    /// The loop function has not been called yet: it is, at the first poll.
+    Unstarted(LoopFn),
+    /// The loop's future, resting between polls.
+    Resting(LoopFuture),
+}
 
-impl Drop for Finish {
-    fn drop(&mut self) {
-        self.0.lock().running = false;
-        self.0.finished.notify_waiters();
+impl Body {
+    /// Polls the loop once (calling the loop function first if need be): its end, or the
+    /// future to poll again. Panics of the loop function, of a poll, and of dropping the
+    /// finished future are caught.
+    fn advance(self, ctx: &WorkerContext, cx: &mut Context<'_>) -> Result<LoopEnd, LoopFuture> {
+        let future = match self {
+            Self::Resting(future) => future,
+            Self::Unstarted(run) => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| run(ctx.clone()))) {
+                    Ok(future) => future,
+                    Err(payload) => return Ok(Err(payload)),
+                }
+            }
+        };
+        let mut future = future;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Err(future),
+            Ok(Poll::Ready(result)) => {
+                match std::panic::catch_unwind(AssertUnwindSafe(move || drop(future))) {
+                    Ok(()) => Ok(Ok(result)),
+                    Err(payload) => Ok(Err(payload)),
+                }
+            }
+            Err(payload) => {
+                // Whatever dropping a future that panicked does, the panic is the news.
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(future)));
+                Ok(Err(payload))
+            }
+        }
     }
 }
 
-/// One loop run, ready to be spawned as its own task.
+/// Who holds a run's loop, and what is left to do when the run ends.
+struct RunState {
+    /// The loop while nobody polls it; `None` while the loop task or a joining stop polls it,
+    /// and once it ended.
+    body: Option<Body>,
+    /// The loop ended.
+    ended: bool,
+    /// The run is not yet marked finished (`Cleanup::running`); whoever ends it does.
+    unfinished: bool,
+    /// The loop task's waker: to hand the loop back to it, or to let it end.
+    waker: Option<Waker>,
+    /// The loop task is gone (ended, dropped with the tokio runtime, or never launched).
+    task_gone: bool,
+}
+
+/// One run of a loop worker's loop, shared by the loop's task, which polls the loop, and a
+/// stop, which may *join* the loop inline: when the loop rests at the stop, the stop polls it to
+/// its end itself, so an idle loop ends without its task being scheduled first and the stop
+/// woken after (two task hand-offs per worker, which dominate the stop of many idle workers).
+/// The loop's task then only has to go away (woken at once, or after a bulk stop).
+struct RunCell {
+    state: Mutex<RunState>,
+    ctx: WorkerContext,
+    shared: Arc<Shared>,
+}
+
+impl RunCell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Marks the run finished (`Cleanup::running` false), if nobody has yet.
+    fn finish(&self) {
+        let unfinished = std::mem::replace(&mut self.lock().unfinished, false);
+        if unfinished {
+            self.shared.lock().running = false;
+            self.shared.finished.notify_waiters();
+        }
+    }
+
+    /// The loop task's poll: `Some(end)` when the loop ended in it, `None` once a stop ended
+    /// it (the task then has nothing left to do).
+    fn poll_task(&self, cx: &mut Context<'_>) -> Poll<Option<LoopEnd>> {
+        let body = {
+            let mut st = self.lock();
+            if st.ended {
+                return Poll::Ready(None);
+            }
+            match st.body.take() {
+                Some(body) => body,
+                None => {
+                    // A stop is joining the loop: it hands it back, or ends it, and wakes us.
+                    store_waker(&mut st.waker, cx);
+                    return Poll::Pending;
+                }
+            }
+        };
+        match body.advance(&self.ctx, cx) {
+            Ok(end) => {
+                self.lock().ended = true;
+                Poll::Ready(Some(end))
+            }
+            Err(future) => {
+                let mut st = self.lock();
+                st.body = Some(Body::Resting(future));
+                store_waker(&mut st.waker, cx);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// The loop task is gone. A loop resting here goes with it (and the run is finished), as
+    /// when the tokio runtime drops the task; one a stop is joining is that stop's to finish.
+    fn task_gone(&self) {
+        let body = {
+            let mut st = self.lock();
+            st.task_gone = true;
+            if st.body.is_none() && !st.ended {
+                return;
+            }
+            st.body.take()
+        };
+        drop(body);
+        self.finish();
+    }
+
+    /// Takes the loop to join it inline: only when it rests (not while its task polls it) and
+    /// its incarnation was asked to stop (so its end needs no automatic cleanup).
+    fn claim(&self) -> Option<Body> {
+        if !self.ctx.is_stop_requested() {
+            return None;
+        }
+        let mut st = self.lock();
+        if st.task_gone {
+            return None;
+        }
+        st.body.take()
+    }
+}
+
+fn store_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+/// A loop taken by a joining stop. Dropped before the loop ended (the stop timed out), it
+/// hands the loop back to its task, which goes on polling it.
+struct Joining<'a> {
+    run: &'a RunCell,
+    body: Option<Body>,
+}
+
+impl Joining<'_> {
+    fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<LoopEnd> {
+        let Some(body) = self.body.take() else {
+            return Poll::Ready(Ok(Ok(())));
+        };
+        // The loop runs as in its own task: lifecycle calls that would wait for it are refused.
+        let advanced = match self.run.ctx.loop_key() {
+            Some(key) => {
+                crate::runtime::LOOP_OF.sync_scope(key, || body.advance(&self.run.ctx, cx))
+            }
+            None => body.advance(&self.run.ctx, cx),
+        };
+        match advanced {
+            Ok(end) => {
+                self.run.lock().ended = true;
+                Poll::Ready(end)
+            }
+            Err(future) => {
+                self.body = Some(Body::Resting(future));
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        let Some(body) = self.body.take() else { return };
+        let (body, waker) = {
+            let mut st = self.run.lock();
+            if st.task_gone {
+                (Some(body), None)
+            } else {
+                st.body = Some(body);
+                (None, st.waker.take())
+            }
+        };
+        if let Some(body) = body {
+            // The task is gone: so is the loop, and the run is over.
+            drop(body);
+            self.run.finish();
+        }
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Joins a stopped run's loop inline if it rests (see [`RunCell`]); returns at once otherwise.
+async fn join_inline(run: &RunCell) {
+    let Some(body) = run.claim() else { return };
+    let mut joining = Joining {
+        run,
+        body: Some(body),
+    };
+    let end = std::future::poll_fn(|cx| joining.poll_join(cx)).await;
+    drop(joining);
+    // The loop ended on its stop signal: what its task would have done, minus the automatic
+    // cleanup (a requested stop runs the cleanup hook itself).
+    run.shared.lock().exited = true;
+    if let Some(failing) = classify_end(end, &run.ctx, true)
+        && let Ok(inner) = run.ctx.runtime()
+    {
+        let _ = ops::fail(&inner, run.ctx.index(), run.ctx.incarnation(), failing);
+    }
+    run.finish();
+    let waker = run.lock().waker.take();
+    if let Some(waker) = waker {
+        wake_later(waker);
+    }
+}
+
+/// One loop run, ready to be spawned as its own task. Dropped without having run (a batched
+/// launch that never happened) or with its task, it ends the run.
 pub(crate) struct LoopRun {
-    run: LoopFn,
+    run: Arc<RunCell>,
     on_stop: Option<LoopFn>,
     cleanup_timeout: Duration,
-    ctx: WorkerContext,
-    finish: Finish,
+}
+
+impl Drop for LoopRun {
+    fn drop(&mut self) {
+        self.run.task_gone();
+    }
 }
 
 impl LoopRun {
     fn launch(self) {
-        let ctx = self.ctx.clone();
+        let ctx = self.run.ctx.clone();
         ctx.spawn_loop(run_loop(self));
+    }
+}
+
+tokio::task_local! {
+    /// Wakes of finished loop tasks deferred to the end of a bulk stop.
+    static DEFERRED: Deferred;
+}
+
+/// Wakers to wake when dropped.
+struct Deferred(RefCell<Vec<Waker>>);
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        for waker in self.0.get_mut().drain(..) {
+            waker.wake();
+        }
+    }
+}
+
+/// Runs `future` (a bulk stop) with the wake-ups of loop tasks whose loops were joined inline
+/// deferred to its end (or its drop). Such a task has nothing left to do but go; woken one by
+/// one, each would be scheduled between two stops, where the scheduler hands it to another
+/// thread. Woken together at the end, they go like a batch of plain tasks.
+pub(crate) async fn deferred_wakes<F: Future>(future: F) -> F::Output {
+    DEFERRED
+        .scope(Deferred(RefCell::new(Vec::new())), future)
+        .await
+}
+
+/// Wakes `waker` at the end of the enclosing [`deferred_wakes`], or now outside one.
+fn wake_later(waker: Waker) {
+    let mut waker = Some(waker);
+    let _ = DEFERRED.try_with(|deferred| {
+        if let (Ok(mut wakers), Some(waker)) = (deferred.0.try_borrow_mut(), waker.take()) {
+            wakers.push(waker);
+        }
+    });
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
@@ -189,7 +459,7 @@ fn launch(run: LoopRun) {
 /// ```
 #[must_use]
 pub struct LoopWorker {
-    run: LoopFn,
+    run_fn: LoopFn,
     on_start: Option<LoopFn>,
     on_stop: Option<LoopFn>,
     auto_ready: bool,
@@ -200,6 +470,8 @@ pub struct LoopWorker {
     /// timeout).
     join_timed_out: bool,
     shared: Arc<Shared>,
+    /// The latest run (weakly: the run holds a context, which holds this worker's entry).
+    run: Weak<RunCell>,
 }
 
 impl fmt::Debug for LoopWorker {
@@ -228,7 +500,7 @@ impl LoopWorker {
         Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
     {
         Self {
-            run: boxed(run),
+            run_fn: boxed(run),
             on_start: None,
             on_stop: None,
             auto_ready: true,
@@ -236,6 +508,7 @@ impl LoopWorker {
             previous: None,
             join_timed_out: false,
             shared: Arc::new(Shared::default()),
+            run: Weak::new(),
         }
     }
 
@@ -287,22 +560,10 @@ fn cleanup_error(err: BoxError) -> BoxError {
     )
 }
 
-/// The loop task: runs the loop, then classifies its exit. The run counts as finished when this
-/// future is dropped (`LoopRun::finish`).
-async fn run_loop(loop_run: LoopRun) {
-    let LoopRun {
-        run,
-        on_stop,
-        cleanup_timeout,
-        ctx,
-        finish,
-    } = loop_run;
-    let cleanup = &finish.0;
-    let result = CatchUnwind::new(run(ctx.clone())).await;
-    cleanup.lock().exited = true;
-    let requested = ctx.is_stop_requested();
-    let failing = match result {
-        Ok(Ok(())) if requested => return,
+/// How a loop's end fails its worker, if it does: `None` for an `Ok` return on a requested stop.
+fn classify_end(end: LoopEnd, ctx: &WorkerContext, requested: bool) -> Option<ops::Failing> {
+    Some(match end {
+        Ok(Ok(())) if requested => return None,
         Ok(Ok(())) => ops::Failing {
             failure: Failure::loop_exited_unexpectedly(),
             cause: None,
@@ -327,6 +588,23 @@ async fn run_loop(loop_run: LoopRun) {
                 panic: true,
             }
         }
+    })
+}
+
+/// The loop task: runs the loop (unless a stop joins it first), then handles its end. The run
+/// counts as finished when this future is dropped (`LoopRun`'s drop).
+async fn run_loop(loop_run: LoopRun) {
+    let run = &loop_run.run;
+    let Some(end) = std::future::poll_fn(|cx| run.poll_task(cx)).await else {
+        // A stop joined the loop and handled its end.
+        return;
+    };
+    let ctx = &run.ctx;
+    let cleanup = &run.shared;
+    cleanup.lock().exited = true;
+    let requested = ctx.is_stop_requested();
+    let Some(failing) = classify_end(end, ctx, requested) else {
+        return;
     };
     let Ok(inner) = ctx.runtime() else { return };
     // Failure is published before cleanup and before any stop can complete. A failure racing
@@ -335,7 +613,7 @@ async fn run_loop(loop_run: LoopRun) {
     if requested {
         return;
     }
-    let Some(hook) = on_stop else {
+    let Some(hook) = loop_run.on_stop.clone() else {
         cleanup.lock().done = true;
         return;
     };
@@ -343,8 +621,8 @@ async fn run_loop(loop_run: LoopRun) {
     Box::pin(clean_up_after_failure(
         hook,
         Arc::clone(cleanup),
-        cleanup_timeout,
-        ctx,
+        loop_run.cleanup_timeout,
+        ctx.clone(),
         inner,
     ))
     .await;
@@ -412,22 +690,22 @@ impl Worker for LoopWorker {
                 self.shared.wait_finished().await;
             }
         }
-        if self.shared.is_running() {
-            return Err(failure::with_failure(
-                LoopError::Active,
-                "loop_worker_active",
-                "loop worker already active",
-            ));
-        }
-        if self.cleanup_state().failed {
-            return Err(failure::with_failure(
-                LoopError::CleanupPending,
-                failure::code::LOOP_CLEANUP_FAILED,
-                "loop worker cleanup pending",
-            ));
-        }
         {
             let mut state = self.cleanup_state();
+            if state.running {
+                return Err(failure::with_failure(
+                    LoopError::Active,
+                    "loop_worker_active",
+                    "loop worker already active",
+                ));
+            }
+            if state.failed {
+                return Err(failure::with_failure(
+                    LoopError::CleanupPending,
+                    failure::code::LOOP_CLEANUP_FAILED,
+                    "loop worker cleanup pending",
+                ));
+            }
             state.done = false;
             state.exited = false;
         }
@@ -441,12 +719,22 @@ impl Worker for LoopWorker {
         // Running from here until the loop task finishes, whether or not it is spawned yet.
         self.cleanup_state().running = true;
         // The loop outlives the start call: its context does not carry the start's deadline.
+        let run = Arc::new(RunCell {
+            state: Mutex::new(RunState {
+                body: Some(Body::Unstarted(Arc::clone(&self.run_fn))),
+                ended: false,
+                unfinished: true,
+                waker: None,
+                task_gone: false,
+            }),
+            ctx: ctx.without_deadline(),
+            shared: Arc::clone(&self.shared),
+        });
+        self.run = Arc::downgrade(&run);
         launch(LoopRun {
-            run: Arc::clone(&self.run),
+            run,
             on_stop: self.on_stop.clone(),
             cleanup_timeout: self.cleanup_timeout,
-            ctx: ctx.without_deadline(),
-            finish: Finish(Arc::clone(&self.shared)),
         });
         // With auto-ready, readiness follows the spec's `ready_on_start` (default true) when the
         // start succeeds; a readiness check, when the worker has one, decides instead.
@@ -466,8 +754,13 @@ impl Worker for LoopWorker {
             // If the runtime's stop timeout drops this future here, the loop stays running and
             // the next stop joins it.
             self.join_timed_out = true;
+            if let Some(run) = self.run.upgrade() {
+                join_inline(&run).await;
+            }
             self.shared.wait_finished().await;
             self.join_timed_out = false;
+            // The run is over: its cell (kept allocated by this weak reference) can go.
+            self.run = Weak::new();
         }
         {
             let mut state = self.cleanup_state();

@@ -12,7 +12,9 @@ use std::time::Duration;
 pub use check::{DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_TIMEOUT, ReadinessCheck};
 pub use context::{StopSignal, WorkerContext};
 pub use loop_worker::{DEFAULT_CLEANUP_TIMEOUT, LoopError, LoopWorker};
-pub(crate) use loop_worker::{batched as batched_loops, flush as flush_loops};
+pub(crate) use loop_worker::{
+    batched as batched_loops, deferred_wakes as deferred_loop_wakes, flush as flush_loops,
+};
 
 use crate::failure::BoxError;
 use crate::observe::BoxFuture;
