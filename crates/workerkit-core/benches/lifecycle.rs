@@ -7,8 +7,10 @@
 //! runtime's lifecycle operations run there anyway, and spawning from outside the runtime (the
 //! `block_on` thread) would make the baseline about twice as slow.
 //!
-//! Memory is counted by a global allocator that tracks live heap bytes as requested by the
-//! program (allocator overhead and fragmentation are not included).
+//! Memory per worker is measured by `lifecycle_memory.rs`, a binary of its own: its counting
+//! allocator updates one global atomic on every allocation and free, which here would slow the
+//! runtime (a few allocations per worker) more than the plain tasks (one each) and skew the
+//! time ratio.
 //!
 //! Output: criterion's report for the timed scenarios, then our own medians over separate,
 //! interleaved repetitions (with a per-phase breakdown), also written as compact JSON to
@@ -21,30 +23,18 @@
 mod common;
 
 use common::{CpuTicks, Scenario, Target, round};
-use std::alloc::System;
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use cap::Cap;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use tokio_util::sync::CancellationToken;
 use workerkit_core::failure::BoxError;
 use workerkit_core::{LoopWorker, Runtime, WorkerSpec, worker_fn};
 
-/// Counts live heap bytes. The workspace forbids `unsafe`, so the `GlobalAlloc` wrapper comes
-/// from the `cap` crate (with no limit, it only counts).
-#[global_allocator]
-static ALLOCATOR: Cap<System> = Cap::new(System, usize::MAX);
-
 /// The worker counts compared.
 const SMALL: usize = 1_000;
 const LARGE: usize = 10_000;
-
-/// Bytes a registered worker may cost: the issue's budget.
-const REGISTERED_BUDGET: f64 = 2048.0;
 
 /// Issue number of every scenario in this report.
 const ISSUE: u32 = 3;
@@ -83,7 +73,7 @@ fn main() {
         return;
     }
 
-    let reps = if quick { 5 } else { 21 };
+    let reps = if quick { 9 } else { 21 };
     let measured = measure(&rt, reps);
     print!("{}", measured.table());
     common::print_load_note(cpu_before);
@@ -107,28 +97,22 @@ struct Phases {
 impl Phases {
     /// The measured lifecycle: "start and gracefully shut down", from `start_all` to the end
     /// of the shutdown. Registration is set-up (like building the baseline's token) and is
-    /// reported in its own column and in the memory scenario.
+    /// reported in its own column (and its memory by `lifecycle_memory.rs`).
     fn lifecycle(&self) -> Duration {
         self.start_all + self.shutdown
     }
 }
 
-/// An idle loop worker; with `polled`, its loop counts its first poll (for the memory scenarios).
-fn idle_worker(polled: Option<Arc<AtomicUsize>>) -> LoopWorker {
-    LoopWorker::new(move |ctx| {
-        let polled = polled.clone();
-        async move {
-            if let Some(polled) = polled {
-                polled.fetch_add(1, Ordering::Relaxed);
-            }
-            ctx.stop_requested().await;
-            Ok::<(), BoxError>(())
-        }
+/// An idle loop worker.
+fn idle_worker() -> LoopWorker {
+    LoopWorker::new(|ctx| async move {
+        ctx.stop_requested().await;
+        Ok::<(), BoxError>(())
     })
 }
 
 fn idle_spec(i: usize) -> WorkerSpec {
-    WorkerSpec::new(format!("w{i}"), idle_worker(None))
+    WorkerSpec::new(format!("w{i}"), idle_worker())
 }
 
 /// A worker whose start returns at once and that runs no task: what the runtime's own
@@ -189,95 +173,16 @@ where
     rt.block_on(rt.spawn(future)).expect("bench task")
 }
 
-/// Waits until `counter` reaches `n`.
-async fn wait_for(counter: &AtomicUsize, n: usize) {
-    while counter.load(Ordering::Relaxed) < n {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-/// Live heap bytes per worker at the stages of one lifecycle, counted from before the first
-/// registration.
-#[derive(Clone, Copy, Debug)]
-struct RuntimeMemory {
-    /// After registering every worker into a built runtime.
-    registered: f64,
-    /// After `start_all`, once every loop has been polled (so is waiting for its stop).
-    running: f64,
-    /// After the shutdown, before the runtime is dropped (the records stay).
-    after_shutdown: f64,
-    /// After the runtime is dropped: about zero unless something leaks.
-    after_drop: f64,
-}
-
-/// Live bytes added since `before`, per item.
-fn per_item_since(before: usize, n: usize) -> f64 {
-    (ALLOCATOR.allocated() as f64 - before as f64) / n as f64
-}
-
-async fn runtime_memory(n: usize) -> RuntimeMemory {
-    let runtime = runtime();
-    let polled = Arc::new(AtomicUsize::new(0));
-    let before = ALLOCATOR.allocated();
-    for i in 0..n {
-        let spec = WorkerSpec::new(format!("w{i}"), idle_worker(Some(Arc::clone(&polled))));
-        runtime.register(spec).expect("register");
-    }
-    let registered = per_item_since(before, n);
-    runtime.start_all().await.expect("start_all");
-    wait_for(&polled, n).await;
-    let running = per_item_since(before, n);
-    runtime.shutdown().await.expect("shutdown");
-    let after_shutdown = per_item_since(before, n);
-    drop(runtime);
-    RuntimeMemory {
-        registered,
-        running,
-        after_shutdown,
-        after_drop: per_item_since(before, n),
-    }
-}
-
-/// Live heap bytes per plain task waiting on a token, its `JoinHandle` kept to join it.
-#[allow(clippy::disallowed_methods)] // The baseline is plain `tokio::spawn` by definition.
-async fn plain_memory(n: usize) -> f64 {
-    let polled = Arc::new(AtomicUsize::new(0));
-    let before = ALLOCATOR.allocated();
-    let token = CancellationToken::new();
-    let handles: Vec<_> = (0..n)
-        .map(|_| {
-            let token = token.clone();
-            let polled = Arc::clone(&polled);
-            tokio::spawn(async move {
-                polled.fetch_add(1, Ordering::Relaxed);
-                token.cancelled().await;
-            })
-        })
-        .collect();
-    wait_for(&polled, n).await;
-    let running = per_item_since(before, n);
-    token.cancel();
-    for handle in handles {
-        handle.await.expect("plain task");
-    }
-    running
-}
-
 /// Without `--bench`: every scenario once, at a small N, to show the bench still works.
 fn smoke(rt: &tokio::runtime::Runtime) {
     let n = 100;
     let phases = on_worker(rt, runtime_lifecycle(n, idle_spec));
     let taskless = on_worker(rt, runtime_lifecycle(n, taskless_spec));
     let plain = on_worker(rt, plain_lifecycle(n));
-    let memory = on_worker(rt, runtime_memory(n));
-    let plain_memory = on_worker(rt, plain_memory(n));
     println!(
-        "lifecycle bench smoke (n={n}): runtime {:?} (taskless {:?}), plain {plain:?}; \
-         {:.0} B per registered and {:.0} B per running worker, {plain_memory:.0} B per plain task",
+        "lifecycle bench smoke (n={n}): runtime {:?} (taskless {:?}), plain {plain:?}",
         phases.lifecycle(),
         taskless.lifecycle(),
-        memory.registered,
-        memory.running,
     );
 }
 
@@ -332,9 +237,6 @@ struct Measured {
     /// ns per plain task at `LARGE` and `SMALL`.
     plain_large: f64,
     plain_small: f64,
-    memory: RuntimeMemory,
-    /// Live bytes per plain task waiting on its token.
-    plain_memory: f64,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -382,12 +284,6 @@ fn measure(rt: &tokio::runtime::Runtime, reps: usize) -> Measured {
             small.push(on_worker(rt, runtime_lifecycle(SMALL, idle_spec)));
         }
     }
-    // Allocation is deterministic up to scheduling details: the median of three runs.
-    let memory_runs: Vec<RuntimeMemory> = (0..3)
-        .map(|_| on_worker(rt, runtime_memory(LARGE)))
-        .collect();
-    let plain_memory = median((0..3).map(|_| on_worker(rt, plain_memory(LARGE))).collect());
-    let memory_of = |f: fn(&RuntimeMemory) -> f64| median(memory_runs.iter().map(f).collect());
     Measured {
         reps,
         small_reps,
@@ -396,13 +292,6 @@ fn measure(rt: &tokio::runtime::Runtime, reps: usize) -> Measured {
         taskless: phase_medians(&taskless, LARGE),
         plain_large: median(plain_large),
         plain_small: median(plain_small),
-        memory: RuntimeMemory {
-            registered: memory_of(|m| m.registered),
-            running: memory_of(|m| m.running),
-            after_shutdown: memory_of(|m| m.after_shutdown),
-            after_drop: memory_of(|m| m.after_drop),
-        },
-        plain_memory,
     }
 }
 
@@ -434,27 +323,6 @@ impl Measured {
                 self.plain_large,
                 "ns",
                 3.0,
-            ),
-            // This scenario's baseline is the budget itself (2 KiB per registered worker), not
-            // a measurement: the ratio is the fraction of the budget used.
-            scenario(
-                "lifecycle/registered_worker_memory",
-                self.memory.registered,
-                REGISTERED_BUDGET,
-                "bytes",
-                1.0,
-            ),
-            // A running worker is its registration plus its incarnation's task. The issue grants
-            // the registration alone 2 KiB, about 7.8 plain tasks (~264 B each); on top of that
-            // the running part may cost about two plain tasks (its task carries the context,
-            // task tracking and panic capture). Hence at most 10 plain tasks per running worker;
-            // a bound of 3 would contradict the issue's own registration budget.
-            scenario(
-                "lifecycle/running_worker_memory",
-                self.memory.running,
-                self.plain_memory,
-                "bytes",
-                10.0,
             ),
             scenario(
                 "lifecycle/per_worker_cost_scaling",
@@ -496,18 +364,6 @@ impl Measured {
         ] {
             let _ = writeln!(out, "{name:<28}{ns:>10.0}");
         }
-        let m = &self.memory;
-        let _ = writeln!(
-            out,
-            "live bytes per worker (n={LARGE}): registered {:.0}, running {:.0} (+{:.0} for the \
-             running task), after shutdown {:.0}, after drop {:.1}; per plain task {:.0}",
-            m.registered,
-            m.running,
-            m.running - m.registered,
-            m.after_shutdown,
-            m.after_drop,
-            self.plain_memory
-        );
         let _ = writeln!(
             out,
             "{:<46}{:>10}{:>10}{:>9}{:>8}  pass",

@@ -50,7 +50,9 @@ async fn a_single_stop_lets_the_task_of_the_loop_it_joined_go_at_once() {
 #[tokio::test(start_paused = true)]
 async fn loops_joined_by_a_shutdown_leave_no_task_behind() {
     let (rt, recorder) = recorded();
-    for i in 0..50 {
+    // More workers than the runtime hands to the scheduler at once (64), and not a multiple.
+    let n = 150;
+    for i in 0..n {
         rt.register(WorkerSpec::new(format!("w{i}"), idle_loop()))
             .unwrap();
     }
@@ -62,12 +64,12 @@ async fn loops_joined_by_a_shutdown_leave_no_task_behind() {
         ))
         .await
         .unwrap();
-    assert_eq!(report.stopped.len(), 50);
-    assert_eq!(report.stopped.first().map(String::as_str), Some("rt/w49"));
+    assert_eq!(report.stopped.len(), n);
+    assert_eq!(report.stopped.first().map(String::as_str), Some("rt/w149"));
     assert_eq!(report.lingering_tasks, 0, "{report:?}");
     // Nothing waited for a deadline: the stops and the tasks' ends took no time at all.
     assert_eq!(report.elapsed, Duration::ZERO, "{report:?}");
-    for i in 0..50 {
+    for i in 0..n {
         let exit = rt.wait_exit(&format!("w{i}")).await.unwrap();
         assert_eq!(exit.reason, ExitReason::Stopped);
     }

@@ -477,6 +477,8 @@ impl Runtime {
             }
             let entry = Arc::new(WorkerEntry {
                 idx: st.workers.len(),
+                runtime: inner.me.clone(),
+                runtime_id: inner.id,
                 commands,
                 qualified: qualified_arc,
                 local: Arc::clone(&local),

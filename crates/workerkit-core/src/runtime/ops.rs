@@ -262,7 +262,10 @@ pub(super) async fn start(
             rec.accepting_set_during_start = false;
             rec.failure_reported_during_start = false;
             rec.escalated = false;
-            rec.token = crate::task::Signal::new();
+            // A fresh signal per incarnation; the one made at registration serves the first.
+            if !rec.token.is_unused() {
+                rec.token = crate::task::Signal::new();
+            }
             if restart.is_some() {
                 let previous = rec.last_exit.clone();
                 let sup = rec.sup.make();
@@ -317,15 +320,7 @@ pub(super) async fn start(
     // Children of earlier incarnations never outlive them into this one.
     shut_down_children(&entry, incarnation - 1).await;
     let deadline = config.start_timeout.map(|t| Instant::now() + t);
-    let ctx = WorkerContext::new(
-        Arc::downgrade(inner),
-        idx,
-        &entry,
-        incarnation,
-        token.clone(),
-        deadline,
-    )
-    .with_restart(info);
+    let ctx = WorkerContext::new(&entry, incarnation, token.clone(), deadline).with_restart(info);
 
     let outcome = {
         let mut slot = entry.slot.lock().await;
@@ -338,14 +333,7 @@ pub(super) async fn start(
             let stopped = Signal::new();
             stopped.cancel();
             let stop_deadline = config.stop_timeout.map(|t| Instant::now() + t);
-            let old = WorkerContext::new(
-                Arc::downgrade(inner),
-                idx,
-                &entry,
-                incarnation - 1,
-                stopped,
-                stop_deadline,
-            );
+            let old = WorkerContext::new(&entry, incarnation - 1, stopped, stop_deadline);
             let _ = guarded(stop_deadline, timer, previous.stop_dyn(old), || {}).await;
         }
         if let Some(factory) = &entry.factory {
@@ -358,9 +346,13 @@ pub(super) async fn start(
             }
         }
         match (made, slot.as_mut()) {
-            (Outcome::Ok, Some(worker)) => {
-                guarded(deadline, timer, worker.start_dyn(ctx.clone()), || {}).await
-            }
+            (Outcome::Ok, Some(worker)) => match worker.as_loop_worker() {
+                Some(worker) => {
+                    let start = std::pin::pin!(crate::Worker::start(worker, ctx.clone()));
+                    guarded(deadline, timer, start, || {}).await
+                }
+                None => guarded(deadline, timer, worker.start_dyn(ctx.clone()), || {}).await,
+            },
             (Outcome::Ok, None) => Outcome::Err("worker instance unavailable".into()),
             (other, _) => other,
         }
@@ -538,14 +530,7 @@ pub(super) async fn reap(inner: &Arc<Inner>, idx: usize, incarnation: u64, timer
         let _ = task.await;
     }
     let deadline = config.stop_timeout.map(|t| Instant::now() + t);
-    let ctx = WorkerContext::new(
-        Arc::downgrade(inner),
-        idx,
-        &entry,
-        incarnation,
-        token,
-        deadline,
-    );
+    let ctx = WorkerContext::new(&entry, incarnation, token, deadline);
     let outcome = {
         let mut slot = entry.slot.lock().await;
         let outcome = match slot.as_mut() {
@@ -691,20 +676,17 @@ pub(super) async fn stop(
         now = Instant::now();
     }
     let deadline = limit.map(|t| now + t);
-    let ctx = WorkerContext::new(
-        Arc::downgrade(inner),
-        idx,
-        &entry,
-        incarnation,
-        token,
-        deadline,
-    );
+    let ctx = WorkerContext::new(&entry, incarnation, token, deadline);
     let outcome = {
         let mut slot = entry.slot.lock().await;
         let outcome = match slot.as_mut() {
-            Some(worker) if !reaped => {
-                guarded(deadline, timer, worker.stop_dyn(ctx), || wake.now()).await
-            }
+            Some(worker) if !reaped => match worker.as_loop_worker() {
+                Some(worker) => {
+                    let stop = std::pin::pin!(crate::Worker::stop(worker, ctx));
+                    guarded(deadline, timer, stop, || wake.now()).await
+                }
+                None => guarded(deadline, timer, worker.stop_dyn(ctx), || wake.now()).await,
+            },
             _ => Outcome::Ok,
         };
         wake.now();

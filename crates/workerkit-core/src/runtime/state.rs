@@ -160,6 +160,10 @@ pub(crate) struct Children {
 pub(crate) struct WorkerEntry {
     /// The registration index (stable: workers are never reordered).
     pub(crate) idx: usize,
+    /// The runtime, weakly (a worker never keeps its runtime alive).
+    pub(crate) runtime: std::sync::Weak<super::Inner>,
+    /// The runtime's id (for `LOOP_OF`).
+    pub(crate) runtime_id: u64,
     pub(crate) local: Arc<str>,
     pub(crate) qualified: Arc<str>,
     /// The worker object. Only lifecycle operations (serialised by the gate) touch it.

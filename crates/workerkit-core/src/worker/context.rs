@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use crate::task::Signal;
 use tokio::task::JoinHandle;
@@ -21,8 +21,8 @@ use crate::status::{ExitReason, WorkerStatus};
 /// context never wait for lifecycle operations.
 #[derive(Clone)]
 pub struct WorkerContext {
-    inner: Weak<Inner>,
-    idx: usize,
+    /// The worker's entry, which also holds the runtime, weakly: every context of a worker
+    /// shares its entry's reference counts, not the runtime's (which all workers would share).
     entry: Arc<crate::runtime::WorkerEntry>,
     incarnation: u64,
     token: Signal,
@@ -43,16 +43,12 @@ impl fmt::Debug for WorkerContext {
 
 impl WorkerContext {
     pub(crate) fn new(
-        inner: Weak<Inner>,
-        idx: usize,
         entry: &Arc<crate::runtime::WorkerEntry>,
         incarnation: u64,
         token: Signal,
         deadline: Option<Instant>,
     ) -> Self {
         Self {
-            inner,
-            idx,
             entry: Arc::clone(entry),
             incarnation,
             token,
@@ -77,7 +73,8 @@ impl WorkerContext {
     }
 
     pub(crate) fn runtime(&self) -> Result<Arc<Inner>, ContextError> {
-        self.inner
+        self.entry
+            .runtime
             .upgrade()
             .ok_or_else(|| ContextError::RuntimeGone {
                 worker: self.entry.qualified.to_string(),
@@ -87,11 +84,11 @@ impl WorkerContext {
     /// `(runtime id, worker index)`, the key of [`LOOP_OF`](crate::runtime::LOOP_OF) for this
     /// worker's loop; `None` once the runtime is gone.
     pub(crate) fn loop_key(&self) -> Option<(u64, usize)> {
-        self.inner.upgrade().map(|inner| (inner.id, self.idx))
+        (self.entry.runtime.strong_count() > 0).then_some((self.entry.runtime_id, self.entry.idx))
     }
 
     pub(crate) fn index(&self) -> usize {
-        self.idx
+        self.entry.idx
     }
 
     pub(crate) fn token(&self) -> &Signal {
@@ -103,7 +100,10 @@ impl WorkerContext {
     /// worker's `start` or `stop` are refused with `LifecycleError::Reentrant`.
     #[must_use]
     pub fn runtime_handle(&self) -> Option<crate::Runtime> {
-        self.inner.upgrade().map(|inner| crate::Runtime { inner })
+        self.entry
+            .runtime
+            .upgrade()
+            .map(|inner| crate::Runtime { inner })
     }
 
     /// The worker's local name.
@@ -191,7 +191,7 @@ impl WorkerContext {
                 () = future => {}
             }
         };
-        let Some(inner) = self.inner.upgrade() else {
+        let Some(inner) = self.entry.runtime.upgrade() else {
             return;
         };
         let mut children = self
@@ -221,9 +221,9 @@ impl WorkerContext {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match self.inner.upgrade() {
+        match self.entry.runtime.upgrade() {
             Some(inner) => {
-                let scoped = crate::runtime::LOOP_OF.scope((inner.id, self.idx), future);
+                let scoped = crate::runtime::LOOP_OF.scope((inner.id, self.entry.idx), future);
                 crate::task::spawn(&inner.tracker, scoped)
             }
             None => crate::task::spawn(&tokio_util::task::TaskTracker::new(), future),
@@ -242,7 +242,7 @@ impl WorkerContext {
     /// [`ContextError::InvalidState`] when the worker is stopping, stopped or failed.
     pub fn set_ready(&self, ready: bool) -> Result<(), ContextError> {
         let inner = self.runtime()?;
-        ops::set_ready(&inner, self.idx, self.incarnation, ready)
+        ops::set_ready(&inner, self.entry.idx, self.incarnation, ready)
     }
 
     /// Sets whether the runtime may admit commands to this worker. Emits no event; the value is
@@ -254,7 +254,7 @@ impl WorkerContext {
     /// draining, for `false`).
     pub fn set_accepting_work(&self, accepting: bool) -> Result<(), ContextError> {
         let inner = self.runtime()?;
-        ops::set_accepting(&inner, self.idx, self.incarnation, accepting)
+        ops::set_accepting(&inner, self.entry.idx, self.incarnation, accepting)
     }
 
     /// Reports that the worker failed.
@@ -275,7 +275,7 @@ impl WorkerContext {
         let inner = self.runtime()?;
         ops::fail(
             &inner,
-            self.idx,
+            self.entry.idx,
             self.incarnation,
             ops::Failing {
                 failure,
@@ -289,10 +289,10 @@ impl WorkerContext {
     /// The worker's live status (of whatever incarnation is current).
     #[must_use]
     pub fn status(&self) -> Option<WorkerStatus> {
-        let inner = self.inner.upgrade()?;
+        let inner = self.entry.runtime.upgrade()?;
         let st = inner.lock();
         st.workers
-            .get(self.idx)
+            .get(self.entry.idx)
             .map(crate::runtime::WorkerRecord::status)
     }
 }

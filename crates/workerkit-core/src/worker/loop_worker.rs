@@ -378,6 +378,12 @@ fn wake_later(waker: Waker) {
     }
 }
 
+/// How many loop tasks a bulk operation hands to the scheduler at once (see [`batched`] and
+/// [`deferred_wakes`]): enough that waking an idle tokio worker thread, which then takes its
+/// share, is paid once per chunk rather than once per worker; few enough that the other
+/// threads run these tasks while the bulk operation goes on, rather than all at its end.
+const CHUNK: usize = 64;
+
 tokio::task_local! {
     /// Loop runs launched by the bulk start running in this task, not spawned yet.
     static BATCH: RefCell<Vec<LoopRun>>;
@@ -417,12 +423,16 @@ pub(crate) fn flush() {
 /// Launches `run` now, or batches it when called inside [`batched`].
 fn launch(run: LoopRun) {
     let mut run = Some(run);
+    let mut full = Vec::new();
     let _ = BATCH.try_with(|batch| {
         if let (Ok(mut batch), Some(queued)) = (batch.try_borrow_mut(), run.take()) {
             batch.push(queued);
+            if batch.len() >= CHUNK {
+                full = std::mem::replace(&mut *batch, Vec::with_capacity(CHUNK));
+            }
         }
     });
-    if let Some(run) = run {
+    for run in full.into_iter().chain(run) {
         run.launch();
     }
 }

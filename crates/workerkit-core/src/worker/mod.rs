@@ -53,6 +53,10 @@ pub trait Worker: Send + 'static {
 pub(crate) trait DynWorker: Send + 'static {
     fn start_dyn(&mut self, ctx: WorkerContext) -> BoxFuture<'_, Result<(), BoxError>>;
     fn stop_dyn(&mut self, ctx: WorkerContext) -> BoxFuture<'_, Result<(), BoxError>>;
+    /// The worker as a [`LoopWorker`], whose `start` and `stop` the runtime calls without
+    /// boxing their futures (two allocations per worker lifecycle fewer for the most common
+    /// kind of worker).
+    fn as_loop_worker(&mut self) -> Option<&mut LoopWorker>;
 }
 
 impl<W: Worker> DynWorker for W {
@@ -62,6 +66,10 @@ impl<W: Worker> DynWorker for W {
 
     fn stop_dyn(&mut self, ctx: WorkerContext) -> BoxFuture<'_, Result<(), BoxError>> {
         Box::pin(self.stop(ctx))
+    }
+
+    fn as_loop_worker(&mut self) -> Option<&mut LoopWorker> {
+        (self as &mut dyn std::any::Any).downcast_mut()
     }
 }
 
