@@ -4,6 +4,7 @@
 //! map to a status. Their `Display` never prints a worker's own error text: the private cause is
 //! reachable through [`std::error::Error::source`] for the direct caller only.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::failure::Failure;
@@ -11,7 +12,6 @@ use crate::lifecycle::LifecycleState;
 use crate::name::NameError;
 use crate::observe::{Cause, Operation};
 use crate::status::ExitReason;
-use std::sync::Arc;
 
 /// A private error cause carried by an error value, shared with the observers that saw it.
 ///
@@ -301,8 +301,10 @@ pub struct Unfinished {
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct ShutdownReport {
-    /// Workers stopped by this shutdown, in stop order.
-    pub stopped: Vec<String>,
+    /// Workers stopped by this shutdown (qualified names), in stop order. Shared with the
+    /// runtime's records, not copied: a shutdown of many workers allocates nothing per worker
+    /// for its report.
+    pub stopped: Vec<Arc<str>>,
     /// Commands still in flight when the idle wait gave up (0 when it did not).
     pub abandoned_in_flight: usize,
     /// Whether the drain and idle-wait budget ran out.
@@ -313,6 +315,14 @@ pub struct ShutdownReport {
     /// How long the shutdown took (tokio clock).
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
+}
+
+impl ShutdownReport {
+    /// The names in [`stopped`](Self::stopped), as `&str`.
+    #[must_use]
+    pub fn stopped_names(&self) -> Vec<&str> {
+        self.stopped.iter().map(|name| &**name).collect()
+    }
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

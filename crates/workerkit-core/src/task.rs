@@ -83,12 +83,6 @@ impl Signal {
         }
     }
 
-    /// Whether nothing but this handle holds the signal and it never fired: it can stand for a
-    /// new one (the first start of a worker takes over the one made at registration).
-    pub(crate) fn is_unused(&self) -> bool {
-        !self.is_cancelled() && std::sync::Arc::strong_count(&self.0) == 1
-    }
-
     /// Fires the signal without waking its waiters yet: whoever fires it this way must call
     /// [`wake_waiters`](Self::wake_waiters) afterwards. A waiter that checks the signal sees it
     /// fired at once; one already waiting wakes at `wake_waiters`. Lets a stop join a loop that

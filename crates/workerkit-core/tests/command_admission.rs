@@ -384,7 +384,7 @@ async fn shutdown_drains_waits_for_in_flight_commands_and_stops_in_reverse_order
     gate.release(1);
     within(task).await.unwrap().unwrap();
     let report = within(shutdown).await.unwrap().unwrap();
-    assert_eq!(report.stopped, ["rt/b", "rt/a"]);
+    assert_eq!(report.stopped_names(), ["rt/b", "rt/a"]);
     assert_eq!(report.abandoned_in_flight, 0);
     assert!(!report.deadline_exceeded);
     let stops: Vec<String> = recorder

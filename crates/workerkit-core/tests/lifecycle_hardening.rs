@@ -274,7 +274,7 @@ async fn shutdown_reports_tasks_that_ignore_their_stop_signal() {
     assert_eq!(unfinished.len(), 1);
     assert_eq!(unfinished[0].worker, "rt/stubborn");
     assert_eq!(report.lingering_tasks, 1);
-    assert_eq!(report.stopped, ["rt/fine"]);
+    assert_eq!(report.stopped_names(), ["rt/fine"]);
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["lingeringTasks"], 1);
     assert!(json["elapsed"].is_f64());

@@ -35,7 +35,7 @@ async fn shutdown_closes_readiness_drains_in_order_then_stops_in_reverse_order()
     recorder.clear();
 
     let report = rt.shutdown().await.unwrap();
-    assert_eq!(report.stopped, ["rt/c", "rt/a"]);
+    assert_eq!(report.stopped_names(), ["rt/c", "rt/a"]);
     assert!(!report.deadline_exceeded);
     assert_eq!(report.abandoned_in_flight, 0);
     assert_eq!(
@@ -73,7 +73,7 @@ async fn shutdown_stops_failed_workers_too() {
     rt.start_all().await.unwrap();
     bad.context(0).unwrap().report_failure("boom").unwrap();
     let report = rt.shutdown().await.unwrap();
-    assert_eq!(report.stopped, ["rt/bad", "rt/ok"]);
+    assert_eq!(report.stopped_names(), ["rt/bad", "rt/ok"]);
     assert_eq!((ok.stops(), bad.stops()), (1, 1));
     assert_eq!(state(&rt, "bad"), Stopped);
 }
@@ -195,7 +195,7 @@ async fn a_hanging_stop_makes_shutdown_incomplete_and_the_others_still_stop() {
     assert_eq!(unfinished[0].worker, "rt/hang");
     assert_eq!(unfinished[0].state, Failed);
     assert_eq!(unfinished[0].failure.code(), "deadline_exceeded");
-    assert_eq!(report.stopped, ["rt/b", "rt/a"]);
+    assert_eq!(report.stopped_names(), ["rt/b", "rt/a"]);
     assert!(
         !report.deadline_exceeded,
         "the drain and idle wait were in time"
@@ -265,7 +265,7 @@ async fn the_stop_phase_gets_stop_grace_when_the_budget_is_spent() {
         Duration::from_secs(4),
         "well past the 1 s budget"
     );
-    assert_eq!(report.stopped, ["rt/b", "rt/a"]);
+    assert_eq!(report.stopped_names(), ["rt/b", "rt/a"]);
     assert_eq!(stopped.load(Ordering::SeqCst), 2);
 }
 
@@ -282,7 +282,7 @@ async fn the_stop_phase_gets_the_rest_of_the_budget_when_it_exceeds_stop_grace()
         ))
         .await
         .unwrap();
-    assert_eq!(report.stopped, ["rt/a"]);
+    assert_eq!(report.stopped_names(), ["rt/a"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -321,7 +321,7 @@ async fn a_second_shutdown_is_fine_and_stops_what_was_left() {
 
     // The next stop succeeds: a second shutdown stops the failed worker.
     let report = rt.shutdown().await.unwrap();
-    assert_eq!(report.stopped, ["rt/w"]);
+    assert_eq!(report.stopped_names(), ["rt/w"]);
     assert_eq!(state(&rt, "w"), Stopped);
     // And a third has nothing left to do.
     let report = rt.shutdown().await.unwrap();
@@ -479,7 +479,7 @@ async fn shutdown_leaves_draining_workers_stopped() {
     rt.drain("w").await.unwrap();
     assert_eq!(state(&rt, "w"), Draining);
     let report = rt.shutdown().await.unwrap();
-    assert_eq!(report.stopped, ["rt/w"]);
+    assert_eq!(report.stopped_names(), ["rt/w"]);
     assert_eq!(w.stops(), 1);
     assert_eq!(state(&rt, "w"), Stopped);
 }

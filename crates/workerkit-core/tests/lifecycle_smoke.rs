@@ -46,7 +46,7 @@ async fn shutdown_drains_then_stops_in_reverse_order() {
     rt.start_all().await.unwrap();
     recorder.clear();
     let report = rt.shutdown().await.unwrap();
-    assert_eq!(report.stopped, ["rt/b", "rt/a"]);
+    assert_eq!(report.stopped_names(), ["rt/b", "rt/a"]);
     assert_eq!(
         recorder.briefs(),
         [

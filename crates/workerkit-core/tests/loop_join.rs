@@ -65,7 +65,7 @@ async fn loops_joined_by_a_shutdown_leave_no_task_behind() {
         .await
         .unwrap();
     assert_eq!(report.stopped.len(), n);
-    assert_eq!(report.stopped.first().map(String::as_str), Some("rt/w149"));
+    assert_eq!(report.stopped.first().map(|name| &**name), Some("rt/w149"));
     assert_eq!(report.lingering_tasks, 0, "{report:?}");
     // Nothing waited for a deadline: the stops and the tasks' ends took no time at all.
     assert_eq!(report.elapsed, Duration::ZERO, "{report:?}");

@@ -691,7 +691,7 @@ async fn shutdown_drains_in_registration_order_then_stops_in_reverse() {
     recorder.clear();
     let report = rt.shutdown().await.unwrap();
     let expected: Vec<String> = (0..n).rev().map(|i| format!("rt/w{i}")).collect();
-    assert_eq!(report.stopped, expected);
+    assert_eq!(report.stopped_names(), expected);
     let briefs = recorder.briefs();
     let drains: Vec<&String> = briefs.iter().filter(|b| b.contains("->draining")).collect();
     let mut expected_drains: Vec<String> = (0..n)

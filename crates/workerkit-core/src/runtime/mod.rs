@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::task::Signal;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::task::TaskTracker;
 
@@ -72,6 +71,9 @@ pub(crate) struct Inner {
     pub(crate) ops_tracker: TaskTracker,
     /// Fired by [`Runtime::force_shutdown`]: a shutdown stops waiting for in-flight commands.
     pub(crate) force: crate::task::Signal,
+    /// The stop signal of every worker that has never started (shared: it is never handed to
+    /// a context, and every start gives its incarnation a new one).
+    pub(crate) unstarted: crate::task::Signal,
     /// The event stream's sender ([`Runtime::events`]).
     pub(crate) stream: tokio::sync::broadcast::Sender<crate::observe::StreamEvent>,
 }
@@ -372,6 +374,7 @@ impl Runtime {
                 tracker: TaskTracker::new(),
                 ops_tracker: TaskTracker::new(),
                 force: crate::task::Signal::new(),
+                unstarted: crate::task::Signal::new(),
                 stream: tokio::sync::broadcast::Sender::new(crate::observe::EVENT_STREAM_CAPACITY),
             }),
         }
@@ -510,7 +513,7 @@ impl Runtime {
                 last_failure: None,
                 last_command_failure: None,
                 last_exit: None,
-                token: Signal::new(),
+                token: inner.unstarted.clone(),
                 mirrored: (0, LifecycleState::Registered, false),
                 sup: state::Sup::default(),
                 removed: false,

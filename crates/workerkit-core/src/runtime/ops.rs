@@ -262,10 +262,7 @@ pub(super) async fn start(
             rec.accepting_set_during_start = false;
             rec.failure_reported_during_start = false;
             rec.escalated = false;
-            // A fresh signal per incarnation; the one made at registration serves the first.
-            if !rec.token.is_unused() {
-                rec.token = crate::task::Signal::new();
-            }
+            rec.token = crate::task::Signal::new();
             if restart.is_some() {
                 let previous = rec.last_exit.clone();
                 let sup = rec.sup.make();
@@ -782,15 +779,20 @@ fn publish_exit_once(
     st.workers[idx].entry.exit.notify_waiters();
 }
 
+/// Every worker's state, in registration order. Sized up front: growing a vector of 10,000
+/// entries reallocates it a dozen times, and with glibc's allocator every allocation of a KiB
+/// or more first consolidates all the small chunks freed so far (`malloc_consolidate`).
 fn snapshot_states(inner: &Inner) -> Vec<(usize, LifecycleState)> {
-    inner
-        .lock()
-        .workers
-        .iter()
-        .enumerate()
-        .filter(|(_, rec)| !rec.removed)
-        .map(|(idx, rec)| (idx, rec.lifecycle))
-        .collect()
+    let st = inner.lock();
+    let mut states = Vec::with_capacity(st.workers.len());
+    states.extend(
+        st.workers
+            .iter()
+            .enumerate()
+            .filter(|(_, rec)| !rec.removed)
+            .map(|(idx, rec)| (idx, rec.lifecycle)),
+    );
+    states
 }
 
 /// Removes a worker that is not active (gate held): registered, stopped or failed, with no
@@ -931,11 +933,11 @@ const DRAIN_CHUNK: usize = 64;
 /// worker's transition and readiness, then the runtime's when they change) come exactly as if
 /// each worker were drained alone; the chunk shares one timestamp.
 pub(super) fn drain_all(inner: &Arc<Inner>) {
-    let running: Vec<usize> = snapshot_states(inner)
-        .into_iter()
-        .filter(|&(_, state)| matches!(state, LifecycleState::Running | LifecycleState::Restarting))
-        .map(|(idx, _)| idx)
-        .collect();
+    let mut running = snapshot_states(inner);
+    running.retain(|&(_, state)| {
+        matches!(state, LifecycleState::Running | LifecycleState::Restarting)
+    });
+    let running: Vec<usize> = running.into_iter().map(|(idx, _)| idx).collect();
     for chunk in running.chunks(DRAIN_CHUNK) {
         inner.mutate(|st, now| {
             for &idx in chunk {
@@ -953,14 +955,14 @@ pub(super) fn drain_all(inner: &Arc<Inner>) {
 async fn stop_every(
     inner: &Arc<Inner>,
     deadline: Option<Instant>,
-) -> (Vec<String>, Vec<LifecycleError>, Option<Payload>) {
+) -> (Vec<Arc<str>>, Vec<LifecycleError>, Option<Payload>) {
     let states = snapshot_states(inner);
     let mut stopped = Vec::with_capacity(states.len());
     let mut errors = Vec::new();
     let mut first_payload = None;
     let mut timer = Deadline::default();
     // The tasks of loops joined inline by their stops go together at the end.
-    crate::worker::deferred_loop_wakes(async {
+    crate::worker::deferred_loop_wakes(states.len(), async {
         for (idx, state) in states.into_iter().rev() {
             if !state.can_stop() {
                 continue;
@@ -971,7 +973,7 @@ async fn stop_every(
             let budget = deadline.map(|d| d.saturating_duration_since(now).max(STOP_FLOOR));
             let (result, payload) = stop(inner, idx, budget, now, &mut timer).await;
             match result {
-                Ok(name) => stopped.push(String::from(&*name)),
+                Ok(name) => stopped.push(name),
                 Err(err) => errors.push(err),
             }
             if first_payload.is_none() {

@@ -359,9 +359,10 @@ impl Drop for Deferred {
 /// deferred to its end (or its drop). Such a task has nothing left to do but go; woken one by
 /// one, each would be scheduled between two stops, where the scheduler hands it to another
 /// thread. Woken together at the end, they go like a batch of plain tasks.
-pub(crate) async fn deferred_wakes<F: Future>(future: F) -> F::Output {
+/// `capacity`: how many wakes to expect (room is made up front, see `ops::snapshot_states`).
+pub(crate) async fn deferred_wakes<F: Future>(capacity: usize, future: F) -> F::Output {
     DEFERRED
-        .scope(Deferred(RefCell::new(Vec::new())), future)
+        .scope(Deferred(RefCell::new(Vec::with_capacity(capacity))), future)
         .await
 }
 
@@ -423,16 +424,18 @@ pub(crate) fn flush() {
 /// Launches `run` now, or batches it when called inside [`batched`].
 fn launch(run: LoopRun) {
     let mut run = Some(run);
-    let mut full = Vec::new();
     let _ = BATCH.try_with(|batch| {
         if let (Ok(mut batch), Some(queued)) = (batch.try_borrow_mut(), run.take()) {
             batch.push(queued);
             if batch.len() >= CHUNK {
-                full = std::mem::replace(&mut *batch, Vec::with_capacity(CHUNK));
+                // Spawned from the batch in place: its buffer is reused, not reallocated.
+                for run in batch.drain(..) {
+                    run.launch();
+                }
             }
         }
     });
-    for run in full.into_iter().chain(run) {
+    if let Some(run) = run {
         run.launch();
     }
 }
