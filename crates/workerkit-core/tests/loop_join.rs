@@ -50,7 +50,6 @@ async fn a_single_stop_lets_the_task_of_the_loop_it_joined_go_at_once() {
 #[tokio::test(start_paused = true)]
 async fn loops_joined_by_a_shutdown_leave_no_task_behind() {
     let (rt, recorder) = recorded();
-    // More workers than the runtime hands to the scheduler at once (64), and not a multiple.
     let n = 150;
     for i in 0..n {
         rt.register(WorkerSpec::new(format!("w{i}"), idle_loop()))

@@ -379,12 +379,6 @@ fn wake_later(waker: Waker) {
     }
 }
 
-/// How many loop tasks a bulk operation hands to the scheduler at once (see [`batched`] and
-/// [`deferred_wakes`]): enough that waking an idle tokio worker thread, which then takes its
-/// share, is paid once per chunk rather than once per worker; few enough that the other
-/// threads run these tasks while the bulk operation goes on, rather than all at its end.
-const CHUNK: usize = 64;
-
 tokio::task_local! {
     /// Loop runs launched by the bulk start running in this task, not spawned yet.
     static BATCH: RefCell<Vec<LoopRun>>;
@@ -427,12 +421,6 @@ fn launch(run: LoopRun) {
     let _ = BATCH.try_with(|batch| {
         if let (Ok(mut batch), Some(queued)) = (batch.try_borrow_mut(), run.take()) {
             batch.push(queued);
-            if batch.len() >= CHUNK {
-                // Spawned from the batch in place: its buffer is reused, not reallocated.
-                for run in batch.drain(..) {
-                    run.launch();
-                }
-            }
         }
     });
     if let Some(run) = run {
