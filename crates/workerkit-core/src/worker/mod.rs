@@ -45,7 +45,10 @@ pub trait Worker: Send + 'static {
     /// and failures later.
     fn start(&mut self, ctx: WorkerContext) -> impl Future<Output = Result<(), BoxError>> + Send;
 
-    /// Stops the worker. Called once per requested stop, after the stop signal has fired.
+    /// Stops the worker. Called once per requested stop, after the stop signal has fired
+    /// ([`WorkerContext::is_stop_requested`] is true). Tasks waiting on the signal are woken
+    /// once this future has been polled the first time: do not block the thread in that first
+    /// poll waiting for them.
     fn stop(&mut self, ctx: WorkerContext) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
