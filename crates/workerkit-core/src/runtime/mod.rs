@@ -489,6 +489,7 @@ impl Runtime {
                 factory,
                 check,
                 exit: tokio::sync::Notify::new(),
+                exit_waiters: std::sync::atomic::AtomicUsize::new(0),
                 check_task: Mutex::new(None),
                 beats: std::sync::atomic::AtomicU64::new(0),
                 incarnation: std::sync::atomic::AtomicU64::new(0),
@@ -751,6 +752,19 @@ impl Runtime {
             };
             (Arc::clone(&rec.entry), target)
         };
+        /// Counts this call among the worker's exit waiters while it waits (see
+        /// `WorkerEntry::notify_exit`): counted before it checks, under the state lock, for an
+        /// exit that an exit recorded after that check will then notify.
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        entry
+            .exit_waiters
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _waiting = Waiting(&entry.exit_waiters);
         loop {
             let exited = entry.exit.notified();
             tokio::pin!(exited);

@@ -391,7 +391,7 @@ pub(super) async fn start(
                 st.transition(idx, decision.state(), now);
                 st.set_ready(idx, false, now);
                 let plan = super::supervise::apply(st, idx, &decision, reason, Some(&failure), now);
-                st.workers[idx].entry.exit.notify_waiters();
+                st.workers[idx].entry.notify_exit();
                 return (
                     Err(LifecycleError::StartFailed {
                         worker: st.workers[idx].entry.qualified.to_string(),
@@ -478,7 +478,7 @@ pub(super) async fn start(
             st.failure_event(idx, incarnation, &failure, cause.clone(), panic, true, now);
         }
         let plan = super::supervise::apply(st, idx, &decision, reason, Some(&failure), now);
-        st.workers[idx].entry.exit.notify_waiters();
+        st.workers[idx].entry.notify_exit();
         (
             Err(LifecycleError::StartFailed {
                 worker: st.workers[idx].entry.qualified.to_string(),
@@ -776,7 +776,7 @@ fn publish_exit_once(
         at: now,
     };
     st.modify(idx, |rec| rec.last_exit = Some(exit.clone()));
-    st.workers[idx].entry.exit.notify_waiters();
+    st.workers[idx].entry.notify_exit();
 }
 
 /// Every worker's state, in registration order. Sized up front: growing a vector of 10,000

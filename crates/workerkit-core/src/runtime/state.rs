@@ -172,6 +172,9 @@ pub(crate) struct WorkerEntry {
     pub(crate) check: Option<ReadinessCheck>,
     /// Notified when an incarnation's exit is recorded (`WorkerRecord::last_exit`).
     pub(crate) exit: tokio::sync::Notify,
+    /// How many `wait_exit` calls wait on `exit`: with none, an exit is not notified (a
+    /// notification takes the `Notify`'s lock, on a cache line nothing else touches then).
+    pub(crate) exit_waiters: std::sync::atomic::AtomicUsize,
     /// The readiness-check task of the current incarnation.
     pub(crate) check_task: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Commands and their dispatch state.
@@ -187,6 +190,14 @@ pub(crate) struct WorkerEntry {
 }
 
 impl WorkerEntry {
+    /// Wakes the `wait_exit` calls waiting on this worker (under the state lock, after the exit
+    /// was recorded).
+    pub(crate) fn notify_exit(&self) {
+        if self.exit_waiters.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.exit.notify_waiters();
+        }
+    }
+
     /// Takes the child tasks of incarnations up to `incarnation` (to abort and await them).
     pub(crate) fn take_children(&self, incarnation: u64) -> Option<tokio::task::JoinSet<()>> {
         let mut children = self

@@ -47,6 +47,8 @@ struct Cleanup {
     /// The current run's loop task has not finished (it may not have been spawned yet, see
     /// [`batched`]). What a `JoinHandle` would say, without needing the task to exist.
     running: bool,
+    /// How many `wait_finished` calls wait: with none, a run's end is not notified.
+    waiting: usize,
 }
 
 /// What a loop worker shares with its loop task.
@@ -70,9 +72,21 @@ impl Shared {
 
     /// Completes once the current run's task has finished (at once if there is none).
     async fn wait_finished(&self) {
-        if !self.is_running() {
-            return;
+        /// Counts this call among the waiters (see `Cleanup::waiting`) while it waits.
+        struct Waiting<'a>(&'a Shared);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.lock().waiting -= 1;
+            }
         }
+        {
+            let mut state = self.lock();
+            if !state.running {
+                return;
+            }
+            state.waiting += 1;
+        }
+        let _waiting = Waiting(self);
         loop {
             let finished = self.finished.notified();
             tokio::pin!(finished);
@@ -86,6 +100,18 @@ impl Shared {
             if !self.is_running() {
                 return;
             }
+        }
+    }
+
+    /// Marks the current run's task finished, and wakes whoever waits for that.
+    fn mark_finished(&self) {
+        let waiting = {
+            let mut state = self.lock();
+            state.running = false;
+            state.waiting
+        };
+        if waiting > 0 {
+            self.finished.notify_waiters();
         }
     }
 }
@@ -167,8 +193,7 @@ impl RunCell {
     fn finish(&self) {
         let unfinished = std::mem::replace(&mut self.lock().unfinished, false);
         if unfinished {
-            self.shared.lock().running = false;
-            self.shared.finished.notify_waiters();
+            self.shared.mark_finished();
         }
     }
 
