@@ -68,6 +68,11 @@ pub(crate) struct Signal(std::sync::Arc<SignalInner>);
 #[derive(Debug, Default)]
 struct SignalInner {
     fired: std::sync::atomic::AtomicBool,
+    /// How many [`Signal::cancelled`] futures wait: with none, firing the signal does not touch
+    /// the `Notify` (its lock and cache line). A waiter counts itself in before it checks
+    /// `fired`, a firer sets `fired` before it reads the count (both sequentially consistent):
+    /// either the waiter sees the signal fired, or the firer sees the waiter and wakes it.
+    waiters: std::sync::atomic::AtomicUsize,
     notify: tokio::sync::Notify,
 }
 
@@ -78,8 +83,8 @@ impl Signal {
 
     /// Fires the signal (once; later calls do nothing).
     pub(crate) fn cancel(&self) {
-        if !self.0.fired.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            self.0.notify.notify_waiters();
+        if !self.0.fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.wake_waiters();
         }
     }
 
@@ -90,12 +95,14 @@ impl Signal {
     pub(crate) fn fire_quietly(&self) {
         self.0
             .fired
-            .store(true, std::sync::atomic::Ordering::Release);
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Wakes everything waiting on the signal (after [`fire_quietly`](Self::fire_quietly)).
     pub(crate) fn wake_waiters(&self) {
-        self.0.notify.notify_waiters();
+        if self.0.waiters.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.0.notify.notify_waiters();
+        }
     }
 
     pub(crate) fn is_cancelled(&self) -> bool {
@@ -104,14 +111,81 @@ impl Signal {
 
     /// Completes once the signal has fired.
     pub(crate) async fn cancelled(&self) {
+        /// Counts a waiter in while it waits (see `SignalInner::waiters`).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        if self.is_cancelled() {
+            return;
+        }
+        self.0
+            .waiters
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _waiting = Waiting(&self.0.waiters);
         loop {
             let notified = self.0.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.is_cancelled() {
+            if self.0.fired.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Signal;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::disallowed_methods)] // The waiter needs a task of its own, on another thread.
+    async fn a_waiter_never_misses_the_signal_fired_from_another_thread() {
+        for round in 0..2_000 {
+            let signal = Signal::new();
+            let waiting = signal.clone();
+            let waiter = tokio::spawn(async move { waiting.cancelled().await });
+            if round % 2 == 0 {
+                signal.cancel();
+            } else {
+                signal.fire_quietly();
+                tokio::task::yield_now().await;
+                signal.wake_waiters();
+            }
+            // A guard against a lost wake-up (which would hang), not a wait for progress.
+            tokio::time::timeout(Duration::from_secs(30), waiter)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the waiter was never woken"))
+                .expect("waiter task");
+            assert_eq!(signal.0.waiters.load(Ordering::SeqCst), 0, "round {round}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_waiter_counts_itself_out() {
+        let signal = Signal::new();
+        let mut first = Box::pin(signal.cancelled());
+        let mut second = Box::pin(signal.cancelled());
+        assert!(futures_poll(&mut first).is_pending());
+        assert!(futures_poll(&mut second).is_pending());
+        assert_eq!(signal.0.waiters.load(Ordering::SeqCst), 2);
+        drop(first);
+        assert_eq!(signal.0.waiters.load(Ordering::SeqCst), 1);
+        signal.cancel();
+        assert!(futures_poll(&mut second).is_ready());
+        assert_eq!(signal.0.waiters.load(Ordering::SeqCst), 0);
+        // Once fired, a new waiter returns at once without counting itself in.
+        assert!(futures_poll(&mut Box::pin(signal.cancelled())).is_ready());
+        assert_eq!(signal.0.waiters.load(Ordering::SeqCst), 0);
+    }
+
+    fn futures_poll<F: std::future::Future + Unpin>(future: &mut F) -> std::task::Poll<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::pin::Pin::new(future).poll(&mut cx)
     }
 }
