@@ -132,7 +132,15 @@ impl Signal {
             if self.0.fired.load(std::sync::atomic::Ordering::SeqCst) {
                 return;
             }
-            notified.await;
+            // Every poll checks the signal first: one fired quietly (by a stop about to poll
+            // this future inline) completes it at that poll, without a wake-up.
+            std::future::poll_fn(|cx| {
+                if self.0.fired.load(std::sync::atomic::Ordering::SeqCst) {
+                    return std::task::Poll::Ready(());
+                }
+                notified.as_mut().poll(cx)
+            })
+            .await;
         }
     }
 }

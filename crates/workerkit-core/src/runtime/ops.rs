@@ -661,10 +661,11 @@ pub(super) async fn stop(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // Only a worker with a readiness check has a check task.
     let check_task = entry
-        .check_task
-        .lock()
-        .ok()
+        .check
+        .as_ref()
+        .and_then(|_| entry.check_task.lock().ok())
         .and_then(|mut slot| slot.take());
     if let Some(task) = check_task {
         // The check loop watches the stop signal, which has fired; it ends promptly.
