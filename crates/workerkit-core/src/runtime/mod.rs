@@ -109,7 +109,7 @@ impl Inner {
                 // now; wake them to be rejected at once.
                 for rec in &st.workers {
                     // A worker without commands has no dispatch waiting.
-                    if !rec.entry.commands.by_name.is_empty() {
+                    if rec.has_commands {
                         rec.entry.commands.wake_waiters();
                     }
                 }
@@ -518,6 +518,7 @@ impl Runtime {
                 mirrored: (0, LifecycleState::Registered, false),
                 sup: state::Sup::default(),
                 removed: false,
+                has_commands: !entry.commands.by_name.is_empty(),
             };
             st.add_worker(record);
             // Under the state lock: registry insertions are serialised.

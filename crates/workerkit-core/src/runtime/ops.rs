@@ -308,9 +308,10 @@ pub(super) async fn start(
             rec.token.clone(),
             rec.config.clone(),
             rec.sup.get().and_then(|s| s.info.clone()),
+            rec.has_commands,
         ))
     });
-    let (entry, incarnation, token, config, info) = match begin {
+    let (entry, incarnation, token, config, info, has_commands) = match begin {
         Ok(begin) => begin,
         Err(err) => return (Err(err), None),
     };
@@ -357,7 +358,7 @@ pub(super) async fn start(
 
     if matches!(outcome, Outcome::Ok) {
         // Commands admitted by this incarnation get its context (set before it can be running).
-        if !entry.commands.by_name.is_empty() {
+        if has_commands {
             entry.commands.set_context(&ctx.without_deadline());
         }
         let (result, _) = inner.mutate(|st, now| {

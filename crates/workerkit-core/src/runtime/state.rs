@@ -242,6 +242,9 @@ pub(crate) struct WorkerRecord {
     pub(crate) sup: Sup,
     /// Removed from the runtime: kept only so that indices stay stable.
     pub(crate) removed: bool,
+    /// Whether the worker has commands (fixed at registration; read here, in the record, not
+    /// in the entry's command table, a cache line of its own, on every change).
+    pub(crate) has_commands: bool,
 }
 
 impl WorkerRecord {
@@ -488,7 +491,7 @@ impl State {
         // state lock, then dispatch mutex), when it changed.
         // A worker without commands admits none, so it needs no mirror.
         let mirrored = (rec.incarnation, rec.lifecycle, rec.accepting);
-        if mirrored != rec.mirrored && !rec.entry.commands.by_name.is_empty() {
+        if rec.has_commands && mirrored != rec.mirrored {
             rec.entry
                 .commands
                 .mirror(mirrored.0, mirrored.1, mirrored.2);
