@@ -22,7 +22,7 @@
 
 mod common;
 
-use common::{CpuTicks, Scenario, Target, round};
+use common::{CpuTicks, Scenario, median};
 use std::fmt::Write as _;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -239,16 +239,6 @@ struct Measured {
     plain_small: f64,
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
-        f64::midpoint(values[mid - 1], values[mid])
-    } else {
-        values[mid]
-    }
-}
-
 fn ns_per(duration: Duration, n: usize) -> f64 {
     duration.as_nanos() as f64 / n as f64
 }
@@ -297,21 +287,7 @@ fn measure(rt: &tokio::runtime::Runtime, reps: usize) -> Measured {
 
 /// A scenario whose ratio `value / baseline` must be at most `max`.
 fn scenario(id: &'static str, value: f64, baseline: f64, unit: &'static str, max: f64) -> Scenario {
-    let (value, baseline) = (round(value, 1), round(baseline, 1));
-    let ratio = round(value / baseline, 4);
-    Scenario {
-        id,
-        issue: ISSUE,
-        value,
-        baseline,
-        unit,
-        ratio,
-        target: Target {
-            op: "<=",
-            value: max,
-        },
-        pass: ratio.is_finite() && ratio <= max,
-    }
+    common::at_most(id, ISSUE, (value, baseline), unit, max)
 }
 
 impl Measured {

@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::{Scenario, Target, round};
+use common::{Scenario, median};
 use std::alloc::System;
 use std::future::Future;
 use std::sync::Arc;
@@ -181,11 +181,6 @@ async fn plain_memory(n: usize) -> f64 {
     running
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 /// The medians of one run.
 struct Measured {
     memory: RuntimeMemory,
@@ -193,23 +188,9 @@ struct Measured {
     plain: f64,
 }
 
-/// A scenario whose ratio `value / baseline` must be at most `max`.
+/// A heap scenario whose ratio `value / baseline` must be at most `max`.
 fn scenario(id: &'static str, value: f64, baseline: f64, max: f64) -> Scenario {
-    let (value, baseline) = (round(value, 1), round(baseline, 1));
-    let ratio = round(value / baseline, 4);
-    Scenario {
-        id,
-        issue: ISSUE,
-        value,
-        baseline,
-        unit: "bytes",
-        ratio,
-        target: Target {
-            op: "<=",
-            value: max,
-        },
-        pass: ratio.is_finite() && ratio <= max,
-    }
+    common::at_most(id, ISSUE, (value, baseline), "bytes", max)
 }
 
 impl Measured {

@@ -96,6 +96,43 @@ pub(crate) fn print_load_note(before: Option<CpuTicks>) {
     }
 }
 
+/// A scenario of issue `issue` whose ratio `value / baseline` must be at most `max` (value and
+/// baseline rounded to one decimal, the ratio to four).
+pub(crate) fn at_most(
+    id: &'static str,
+    issue: u32,
+    (value, baseline): (f64, f64),
+    unit: &'static str,
+    max: f64,
+) -> Scenario {
+    let (value, baseline) = (round(value, 1), round(baseline, 1));
+    let ratio = round(value / baseline, 4);
+    Scenario {
+        id,
+        issue,
+        value,
+        baseline,
+        unit,
+        ratio,
+        target: Target {
+            op: "<=",
+            value: max,
+        },
+        pass: ratio.is_finite() && ratio <= max,
+    }
+}
+
+/// The median (the mean of the middle two for an even count).
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        f64::midpoint(values[mid - 1], values[mid])
+    } else {
+        values[mid]
+    }
+}
+
 pub(crate) fn round(value: f64, decimals: i32) -> f64 {
     let scale = 10f64.powi(decimals);
     (value * scale).round() / scale
