@@ -301,6 +301,51 @@ async fn a_factory_panic_is_propagated_under_propagate() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_loop_function_that_panics_fails_its_worker_as_a_loop_panic() {
+    // The loop function (called at each start to make the loop's future) panics before it
+    // returns one: the start still succeeds, and the worker then fails with that panic, as if
+    // the loop had panicked at its first step; the next start calls the function again.
+    let (rt, recorder) = recorded();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    rt.register(WorkerSpec::new(
+        "loop",
+        LoopWorker::new(move |ctx| {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("loop function boom");
+            }
+            async move {
+                ctx.stop_requested().await;
+                Ok(())
+            }
+        }),
+    ))
+    .unwrap();
+    rt.start("loop").await.unwrap();
+    let exit = rt.wait_exit("loop").await.unwrap();
+    assert_eq!(exit.reason, ExitReason::Panicked);
+    assert_eq!(state(&rt, "loop"), Failed);
+    let failure = recorder
+        .failures()
+        .into_iter()
+        .find(|f| f.panic)
+        .expect("a panic failure event");
+    assert_eq!(failure.failure.code(), "panic");
+    let panic = failure
+        .cause
+        .as_ref()
+        .and_then(|cause| cause.downcast_ref::<PanicError>())
+        .expect("a PanicError cause");
+    assert_eq!(panic.payload_description(), "loop function boom");
+
+    rt.start("loop").await.unwrap();
+    assert_eq!(state(&rt, "loop"), Running);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    rt.stop("loop").await.unwrap();
+    assert_eq!(state(&rt, "loop"), Stopped);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_panic_with_no_caller_escalates_under_propagate() {
     // A loop panic has nobody to resume on: under `propagate` it counts as `fail_runtime`
     // whatever the worker's failure policy, so the runtime fails and is not live.

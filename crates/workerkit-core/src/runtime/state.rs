@@ -319,7 +319,7 @@ impl WorkerRecord {
     }
 }
 
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 struct Facts {
     /// Not removed (a removed worker counts nowhere).
     present: bool,
@@ -332,7 +332,7 @@ struct Facts {
 }
 
 /// Counters over all workers, kept in step by every change.
-#[derive(Default)]
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
 struct Aggregate {
     total: usize,
     by_state: [usize; LifecycleState::ALL.len()],
@@ -366,6 +366,59 @@ impl Aggregate {
             sign,
         );
         add(&mut self.ready_running, f.ready_running, sign);
+    }
+
+    /// Moves one worker's counts from `before` to `after`: only the counters that differ
+    /// (a change of state or readiness touches one or two of them, not all nine twice).
+    fn change(&mut self, before: Facts, after: Facts) {
+        fn step(n: &mut usize, before: bool, after: bool) {
+            if before != after {
+                *n = if after {
+                    n.saturating_add(1)
+                } else {
+                    n.saturating_sub(1)
+                };
+            }
+        }
+        if !(before.present && after.present) {
+            self.apply(before, -1);
+            self.apply(after, 1);
+            return;
+        }
+        if before.state != after.state {
+            step(&mut self.by_state[before.state.index()], true, false);
+            step(&mut self.by_state[after.state.index()], false, true);
+        }
+        step(
+            &mut self.fail_liveness,
+            before.fail_liveness,
+            after.fail_liveness,
+        );
+        step(
+            &mut self.fail_runtime,
+            before.fail_runtime,
+            after.fail_runtime,
+        );
+        step(
+            &mut self.unready_failure,
+            before.unready_failure,
+            after.unready_failure,
+        );
+        step(
+            &mut self.contributing,
+            before.contributes,
+            after.contributes,
+        );
+        step(
+            &mut self.contributing_ready,
+            before.contributes && before.ready_running,
+            after.contributes && after.ready_running,
+        );
+        step(
+            &mut self.ready_running,
+            before.ready_running,
+            after.ready_running,
+        );
     }
 
     fn count(&self, state: LifecycleState) -> usize {
@@ -484,8 +537,7 @@ impl State {
         let rec = &self.workers[idx];
         let after = rec.facts();
         if before != after {
-            self.aggregate.apply(before, -1);
-            self.aggregate.apply(after, 1);
+            self.aggregate.change(before, after);
         }
         // Mirror what command admission needs into the worker's dispatch state (lock order:
         // state lock, then dispatch mutex), when it changed.
@@ -835,5 +887,52 @@ impl State {
         reasons.insert(0, format!("runtime {:?} failed", &*self.runtime));
         reasons.extend(stalled);
         reasons
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every combination of facts a worker can have.
+    fn all_facts() -> Vec<Facts> {
+        let mut all = vec![Facts::default()];
+        for state in LifecycleState::ALL {
+            for bits in 0u8..32 {
+                let bit = |n: u8| bits & (1 << n) != 0;
+                all.push(Facts {
+                    present: true,
+                    fail_liveness: bit(0),
+                    state,
+                    fail_runtime: bit(1),
+                    unready_failure: bit(2),
+                    contributes: bit(3),
+                    ready_running: bit(4),
+                });
+            }
+        }
+        all
+    }
+
+    /// `change` (only the counters that differ) counts exactly as taking the worker's old
+    /// facts out and putting its new ones in, for every pair of facts.
+    #[test]
+    fn aggregate_change_counts_as_remove_then_add() {
+        let all = all_facts();
+        let mut start = Aggregate::default();
+        // Room below every counter, so that nothing saturates.
+        for facts in &all {
+            start.apply(*facts, 1);
+        }
+        for before in &all {
+            for after in &all {
+                let mut expected = start.clone();
+                expected.apply(*before, -1);
+                expected.apply(*after, 1);
+                let mut changed = start.clone();
+                changed.change(*before, *after);
+                assert_eq!(changed, expected, "{before:?} -> {after:?}");
+            }
+        }
     }
 }

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::task::Signal;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::ContextError;
@@ -211,22 +210,6 @@ impl WorkerContext {
         }
         if children.incarnation == self.incarnation && !self.token.is_cancelled() {
             crate::task::spawn_into(&mut children.set, &inner.tracker, task);
-        }
-    }
-
-    /// Spawns the loop task of a loop worker: tracked, *not* dropped at the stop signal, and
-    /// marked so that lifecycle calls from it that would wait for it are refused.
-    pub(crate) fn spawn_loop<F>(&self, future: F) -> JoinHandle<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        match self.entry.runtime.upgrade() {
-            Some(inner) => {
-                let scoped = crate::runtime::LOOP_OF.scope((inner.id, self.entry.idx), future);
-                crate::task::spawn(&inner.tracker, scoped)
-            }
-            None => crate::task::spawn(&tokio_util::task::TaskTracker::new(), future),
         }
     }
 
