@@ -7,7 +7,7 @@ mod state;
 pub(crate) mod supervise;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -258,7 +258,15 @@ impl Inner {
     /// worker in turn, then once more over all of them, until a pass finds every one idle.
     pub(crate) async fn wait_all_idle(&self) {
         loop {
-            let workers = self.all_workers();
+            // A worker without commands never has one in flight: only the others are waited
+            // for (a shutdown of many plain workers would otherwise visit every entry twice).
+            let workers: Vec<Arc<WorkerEntry>> = self
+                .lock()
+                .workers
+                .iter()
+                .filter(|rec| rec.has_commands)
+                .map(|rec| Arc::clone(&rec.entry))
+                .collect();
             for entry in &workers {
                 crate::command::pipeline::wait_worker_idle(entry).await;
             }
@@ -494,6 +502,7 @@ impl Runtime {
                 beats: std::sync::atomic::AtomicU64::new(0),
                 incarnation: std::sync::atomic::AtomicU64::new(0),
                 children: Mutex::default(),
+                ever_spawned: AtomicBool::new(false),
                 removed: std::sync::atomic::AtomicBool::new(false),
             });
             let record = WorkerRecord {

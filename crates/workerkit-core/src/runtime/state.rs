@@ -185,6 +185,9 @@ pub(crate) struct WorkerEntry {
     pub(crate) incarnation: std::sync::atomic::AtomicU64,
     /// Child tasks of the latest incarnation (allocated at the first `WorkerContext::spawn`).
     pub(crate) children: std::sync::Mutex<Option<Box<Children>>>,
+    /// Set (under `children`'s lock, before the stop signal is checked) when `children` is first
+    /// allocated: until then, taking the children skips the lock.
+    pub(crate) ever_spawned: std::sync::atomic::AtomicBool,
     /// Set when the worker is removed: lookups skip it.
     pub(crate) removed: std::sync::atomic::AtomicBool,
 }
@@ -200,6 +203,12 @@ impl WorkerEntry {
 
     /// Takes the child tasks of incarnations up to `incarnation` (to abort and await them).
     pub(crate) fn take_children(&self, incarnation: u64) -> Option<tokio::task::JoinSet<()>> {
+        // Sequentially consistent with the store in `WorkerContext::spawn`, which precedes its
+        // check of the stop signal: a spawn this load misses sees the signal fired (it was
+        // fired before any stop takes the children) and spawns nothing.
+        if !self.ever_spawned.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
         let mut children = self
             .children
             .lock()

@@ -198,7 +198,14 @@ impl WorkerContext {
             .children
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let children = children.get_or_insert_with(Box::default);
+        let children = children.get_or_insert_with(|| {
+            // Before the stop signal is checked below (see `WorkerEntry::take_children`).
+            self.entry
+                .ever_spawned
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            Box::default()
+        });
         // Finished children leave the set now, so a worker that spawns many short tasks does
         // not keep their results.
         while children.set.try_join_next().is_some() {}
